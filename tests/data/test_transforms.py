@@ -1,0 +1,135 @@
+"""Augmentations keep image, masks and semantic map aligned — checked on pixels, not shapes."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from lightning_seg.data.base import Record, semantic_from_segments
+from lightning_seg.data.transforms import build_augmentation
+from lightning_seg.structures import IGNORE_INDEX
+
+
+def _record(h=64, w=80, seed=0) -> Record:
+    """An image whose colour encodes the segment: pixel colour = palette[label] per segment."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((4, h, w), bool)
+    masks[0, 5:25, 5:30] = True
+    masks[1, 30:60, 40:75] = True
+    masks[2, 40:50, 5:15] = True
+    masks[3, :3, :] = True  # a thin strip that a crop may remove
+    labels = np.array([0, 1, 2, 3])
+    semantic = semantic_from_segments(masks, labels, (h, w))
+    palette = np.array([[250, 0, 0], [0, 250, 0], [0, 0, 250], [250, 250, 0]], np.uint8)
+    image = rng.integers(0, 20, (h, w, 3)).astype(np.uint8)  # dark background = void
+    for m, c in zip(masks, labels):
+        image[m] = palette[c]
+    return Record(
+        image=image, masks=masks, labels=labels, iscrowd=np.array([False, True, False, False]),
+        is_thing=np.array([True, True, False, False]), semantic=semantic, image_id=7, orig_size=(h, w),
+    )
+
+
+PALETTE = np.array([[250, 0, 0], [0, 250, 0], [0, 0, 250], [250, 250, 0]])
+
+
+def _check_aligned(out: Record) -> None:
+    img = out["image"].astype(int)
+    sem = out["semantic"]
+    masks = out["masks"]
+    assert masks.dtype == bool and masks.shape[1:] == img.shape[:2] == sem.shape
+    # each surviving mask: its interior pixels have its class colour and its semantic label
+    for m, c in zip(masks, out["labels"]):
+        assert m.any()
+        # erode by two pixels so borders blended by image interpolation do not count
+        inner = m.copy()
+        for _ in range(2):
+            e = inner.copy()
+            e[1:] &= inner[:-1]
+            e[:-1] &= inner[1:]
+            e[:, 1:] &= inner[:, :-1]
+            e[:, :-1] &= inner[:, 1:]
+            inner = e
+        if inner.sum() < 10:
+            continue
+        # every segment was painted one flat colour over a noisy void; a mask that drifted
+        # from its image covers several colours (photometric changes keep a flat area flat)
+        colors = img[inner]
+        assert (np.abs(colors - np.median(colors, 0)).sum(1) <= 40).mean() > 0.97, f"class {c} moved"
+        assert (sem[inner] == c).all()
+    # semantic map equals the painted masks, and void everywhere else
+    assert np.array_equal(sem, semantic_from_segments(masks, out["labels"], sem.shape))
+    covered = masks.any(0)
+    assert (sem[~covered] == IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize("preset", ["lsj", "ade20k", "resize", "flip"])
+def test_presets_keep_alignment(preset):
+    random.seed(0)
+    np.random.seed(0)
+    rec = _record()
+    for trial in range(8):
+        out = build_augmentation(preset, 48)(rec)
+        _check_aligned(out)
+        if preset in ("lsj", "ade20k"):
+            assert out["image"].shape[:2] == (48, 48)
+
+
+def test_flags_follow_segments_and_vanished_dropped():
+    rec = _record()
+    # a crop below the top strip removes segment 3 (label 3), which must be dropped with its flags
+    aug = build_augmentation([{"type": "Crop", "x_min": 0, "y_min": 10, "x_max": 80, "y_max": 64}])
+    out = aug(rec)
+    assert out["labels"].tolist() == [0, 1, 2]
+    assert out["iscrowd"].tolist() == [False, True, False]
+    assert out["is_thing"].tolist() == [True, True, False]
+    _check_aligned(out)
+
+
+def test_flip_moves_pixels_exactly():
+    rec = _record()
+    out = build_augmentation([{"type": "HorizontalFlip", "p": 1.0}])(rec)
+    assert np.array_equal(out["image"], rec["image"][:, ::-1])
+    assert np.array_equal(out["masks"], rec["masks"][:, :, ::-1])
+    assert np.array_equal(out["semantic"], rec["semantic"][:, ::-1])
+
+
+def test_padding_is_void_not_a_class():
+    rec = _record(h=20, w=20)
+    rec["semantic"][:] = 0  # every pixel labelled class 0
+    out = build_augmentation([{"type": "PadIfNeeded", "min_height": 30, "min_width": 30, "position": "top_left"}])(rec)
+    assert (out["semantic"][20:, :] == IGNORE_INDEX).all() and (out["semantic"][:, 20:] == IGNORE_INDEX).all()
+    assert not out["masks"][:, 20:, :].any()
+
+
+def test_category_aware_crop_avoids_dominant_class():
+    random.seed(1)
+    h = w = 100
+    masks = np.zeros((2, h, w), bool)
+    masks[0] = True
+    masks[0, 60:, 60:] = False
+    masks[1, 60:, 60:] = True
+    labels = np.array([0, 1])
+    rec = Record(image=np.zeros((h, w, 3), np.uint8), masks=masks, labels=labels, iscrowd=np.zeros(2, bool),
+                 is_thing=np.zeros(2, bool), semantic=semantic_from_segments(masks, labels, (h, w)),
+                 image_id=0, orig_size=(h, w))
+    aug = build_augmentation([{"type": "CategoryAwareRandomCrop", "height": 30, "width": 30,
+                               "cat_max_ratio": 0.75, "max_tries": 200}])
+    for _ in range(5):
+        out = aug(rec)
+        counts = np.bincount(out["semantic"].ravel(), minlength=2)[:2]
+        assert counts.max() / counts.sum() < 0.75
+
+
+def test_empty_sample_and_unknown_spec():
+    rec = _record()
+    rec.update(masks=np.zeros((0, 64, 80), bool), labels=np.zeros(0, np.int64), iscrowd=np.zeros(0, bool),
+               is_thing=np.zeros(0, bool), semantic=np.full((64, 80), IGNORE_INDEX))
+    out = build_augmentation("lsj", 32)(rec)
+    assert out["masks"].shape == (0, 32, 32) and (out["semantic"] == IGNORE_INDEX).all()
+    with pytest.raises(ValueError, match="unknown augmentation type 'NoSuchThing'"):
+        build_augmentation([{"type": "NoSuchThing"}])
+    with pytest.raises(ValueError, match="unknown augmentation preset"):
+        build_augmentation("nope")
