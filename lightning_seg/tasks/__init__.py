@@ -1,1 +1,7 @@
-"""lightning_seg.tasks"""
+"""LightningModules, one per task family, over the shared :class:`SegTask` base."""
+
+from lightning_seg.tasks.base import SegTask
+from lightning_seg.tasks.mask_classification import MaskClassificationModule
+from lightning_seg.tasks.semantic import SemanticSegmentationModule
+
+__all__ = ["MaskClassificationModule", "SegTask", "SemanticSegmentationModule"]

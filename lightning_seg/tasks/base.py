@@ -1,0 +1,219 @@
+"""``SegTask``: the small base every task LightningModule shares.
+
+A task subclass fills three hooks, as torchgeo's trainers do: :meth:`SegTask.configure_models`
+(build ``self.model``), :meth:`SegTask.configure_losses` and :meth:`SegTask.configure_metrics`.
+The base owns what is the same everywhere: the optimiser with a backbone learning-rate
+multiplier and no weight decay on norms/biases/embeddings, the poly (or cosine) schedule with
+linear warm-up, a NaN/Inf loss guard that names the step, and ``init_from`` for fine-tuning
+(loading a checkpoint with ``weights_only=True`` and re-initialising layers whose shapes differ,
+e.g. the class head when the number of classes changes).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning import LightningModule
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+NO_DECAY_KEYWORDS = ("query_feat", "query_embed", "level_embed", "pos_embed", "cls_token", "relative_position")
+
+
+class SegTask(LightningModule):
+    """Base of every task.
+
+    Args:
+        num_classes: number of classes ``K`` (linked from ``data.num_classes`` by the CLI).
+        thing_classes: contiguous ids of thing classes (linked from ``data.thing_classes``).
+        ignore_index: void value in semantic targets.
+        optimizer: ``adamw`` (Mask2Former) or ``sgd`` (DeepLab/FCN).
+        lr: base learning rate.
+        weight_decay: weight decay of weights (norms, biases, embeddings get none).
+        momentum: SGD momentum.
+        backbone_lr_multiplier: learning-rate factor of ``model.backbone`` parameters.
+        lr_schedule: ``poly`` (``(1 - t/T)^power``), ``cosine`` or ``constant`` after warm-up.
+        poly_power: exponent of the poly schedule.
+        warmup_steps: linear warm-up from ``warmup_factor · lr`` over this many steps.
+        warmup_factor: starting fraction of the warm-up.
+        max_steps: schedule length ``T`` (default: the trainer's estimated stepping batches).
+        init_from: checkpoint to start from (ours; loaded with ``weights_only=True``).
+        freeze_backbone: keep ``model.backbone`` fixed (no gradients, eval-mode norms).
+    """
+
+    hparams_ignore: tuple[str, ...] = ()
+    """Constructor arguments not saved as hyper-parameters (e.g. nn.Module arguments)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        thing_classes: list[int] | None = None,
+        ignore_index: int = 255,
+        optimizer: Literal["adamw", "sgd"] = "adamw",
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        momentum: float = 0.9,
+        backbone_lr_multiplier: float = 0.1,
+        lr_schedule: Literal["poly", "cosine", "constant"] = "poly",
+        poly_power: float = 0.9,
+        warmup_steps: int = 0,
+        warmup_factor: float = 1e-3,
+        max_steps: int | None = None,
+        init_from: str | None = None,
+        freeze_backbone: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"model.num_classes must be >= 1, got {num_classes}")
+        thing_classes = list(thing_classes) if thing_classes is not None else list(range(num_classes))
+        bad = [c for c in thing_classes if not 0 <= c < num_classes]
+        if bad:
+            raise ValueError(f"model.thing_classes {bad} are outside [0, {num_classes})")
+        # collects the arguments of every __init__ in the subclass chain
+        self.save_hyperparameters(ignore=list(self.hparams_ignore))
+        self.hparams.thing_classes = thing_classes
+        self.num_classes = num_classes
+        self.thing_classes = thing_classes
+        self.ignore_index = ignore_index
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+        if init_from:
+            self.load_init_weights(init_from)
+        if freeze_backbone:
+            self.freeze_module("backbone")
+
+    # --- hooks for subclasses -------------------------------------------------------------
+    def configure_models(self) -> None:
+        """Build ``self.model`` (an ``nn.Module`` with a ``backbone`` attribute where it has one)."""
+        raise NotImplementedError
+
+    def configure_losses(self) -> None:
+        """Build the loss modules."""
+
+    def configure_metrics(self) -> None:
+        """Build the torchmetrics for validation and test."""
+
+    # --- shared behaviour -----------------------------------------------------------------
+    @property
+    def is_thing(self) -> Tensor:
+        """bool ``[K]``: True for thing classes."""
+        flags = torch.zeros(self.num_classes, dtype=torch.bool)
+        flags[self.thing_classes] = True
+        return flags
+
+    def freeze_module(self, name: str) -> None:
+        """Stop gradients into ``model.<name>`` and keep its norm layers in eval mode."""
+        module = getattr(self.model, name, None)
+        if module is None:
+            raise ValueError(f"{type(self.model).__name__} has no '{name}' to freeze")
+        for p in module.parameters():
+            p.requires_grad_(False)
+        self._frozen = getattr(self, "_frozen", []) + [name]
+
+    def on_train_epoch_start(self) -> None:
+        for name in getattr(self, "_frozen", []):
+            getattr(self.model, name).eval()
+
+    def load_init_weights(self, path: str | Path) -> None:
+        """Initialise from a checkpoint, re-initialising tensors whose shapes differ.
+
+        The checkpoint is loaded with ``weights_only=True`` (a Lightning checkpoint's
+        ``state_dict`` or a plain state dict). Tensors missing from it, or of another shape
+        (the class head after a change of class count), keep their fresh initialisation; both
+        are reported in the log.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model.init_from: checkpoint not found: {path}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+        own = self.state_dict()
+        loadable, reshaped = {}, []
+        for k, v in state.items():
+            if k in own and own[k].shape != v.shape:
+                reshaped.append(f"{k} {tuple(v.shape)} -> {tuple(own[k].shape)}")
+            elif k in own:
+                loadable[k] = v
+        missing = sorted(set(own) - set(loadable) - {r.split(" ")[0] for r in reshaped})
+        unexpected = sorted(set(state) - set(own))
+        self.load_state_dict(loadable, strict=False)
+        self.init_report = {"reinitialised": reshaped, "missing": missing, "unexpected": unexpected}
+        log.warning(
+            "init_from %s: loaded %d tensors; re-initialised %d with a new shape%s; %d missing; %d unused",
+            path, len(loadable), len(reshaped), f" ({'; '.join(reshaped)})" if reshaped else "",
+            len(missing), len(unexpected),
+        )
+
+    def check_finite(self, loss: Tensor, terms: dict[str, Tensor] | None = None) -> None:
+        """Raise ``FloatingPointError`` naming the step and the loss terms if ``loss`` is NaN/Inf."""
+        if not bool(torch.isfinite(loss)):
+            detail = ""
+            if terms:
+                detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+            raise FloatingPointError(
+                f"non-finite training loss {float(loss)} at global step {self.global_step} "
+                f"(epoch {self.current_epoch}){': ' + detail if detail else ''}"
+            )
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimiser groups: (backbone | rest) × (decay | no decay)."""
+        hp = self.hparams
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            backbone = name.startswith("model.backbone.")
+            no_decay = p.ndim <= 1 or any(k in name for k in NO_DECAY_KEYWORDS)
+            groups.setdefault((backbone, no_decay), []).append(p)
+        out = []
+        for (backbone, no_decay), params in groups.items():
+            out.append(
+                {
+                    "params": params,
+                    "lr": hp.lr * (hp.backbone_lr_multiplier if backbone else 1.0),
+                    "weight_decay": 0.0 if no_decay else hp.weight_decay,
+                }
+            )
+        return out
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """Multiplier of the base lr at ``step`` of ``total``: warm-up, then the schedule."""
+        hp = self.hparams
+        if step < hp.warmup_steps:
+            alpha = step / max(1, hp.warmup_steps)
+            warm = hp.warmup_factor * (1 - alpha) + alpha
+        else:
+            warm = 1.0
+        t = min(step, total) / max(1, total)
+        if hp.lr_schedule == "poly":
+            sched = (1.0 - t) ** hp.poly_power
+        elif hp.lr_schedule == "cosine":
+            sched = 0.5 * (1.0 + math.cos(math.pi * t))
+        else:
+            sched = 1.0
+        return warm * sched
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups = self.parameter_groups()
+        if hp.optimizer == "adamw":
+            opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        total = hp.max_steps or int(self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: self.lr_factor(s, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def log_metric_dict(self, prefix: str, values: dict[str, Any], **kwargs: Any) -> None:
+        """Log the scalar entries of a metric's ``compute()`` under ``prefix/``."""
+        scalars = {
+            f"{prefix}/{k}": v for k, v in values.items()
+            if isinstance(v, (int, float)) or (isinstance(v, Tensor) and v.numel() == 1)
+        }
+        self.log_dict(scalars, **kwargs)

@@ -1,0 +1,191 @@
+"""``SemanticSegmentationModule``: per-pixel classification models (FCN, U-Net, DeepLab, Semantic FPN)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from lightning_seg.metrics.semantic import SemanticSegmentationMetrics
+from lightning_seg.structures import Batch
+from lightning_seg.tasks.base import SegTask
+from lightning_seg.tasks.dense_inference import crop_and_resize, dense_probabilities
+from lightning_seg.visualization import overlay_semantic, to_numpy_uint8
+
+
+class SemanticSegmentationModule(SegTask):
+    """Semantic segmentation with a per-pixel model chosen by name.
+
+    The model is built by :func:`lightning_seg.models.create_model` from ``model`` and the
+    backbone arguments; it maps images ``[B,3,H,W]`` in ``[0,1]`` to logits ``[B,K,H,W]`` (or a
+    dict with ``out`` and ``aux`` logits when ``aux_weight > 0``).
+
+    Validation and test score the class map at the target's resolution with
+    :class:`~lightning_seg.metrics.semantic.SemanticSegmentationMetrics`; ``predict`` writes
+    PNG class maps (dataset category ids, the format ``lightning-seg evaluate --task semantic``
+    reads) and colour overlays to ``predict_dir``.
+
+    Args:
+        model: architecture name (``fcn``, ``unet``, ``deeplabv3``, ``deeplabv3plus``,
+            ``semantic_fpn``).
+        backbone: timm or torchvision backbone name.
+        backbone_source: ``timm`` or ``torchvision``.
+        pretrained: False, True (hub, needs network) or a local weights file.
+        output_stride: backbone output stride for dilated models (None: the model's default).
+        aux_weight: weight of the auxiliary head's loss (0 disables the auxiliary head).
+        model_kwargs: further keyword arguments of the architecture.
+        loss: loss module on (logits, target); default cross-entropy with ``ignore_index``.
+        inference: ``whole`` image or ``slide`` (sliding window).
+        window_size, window_stride: sliding-window geometry.
+        tta_scales: test-time scales (``[1.0]`` = none).
+        tta_flip: add horizontal flips at test time.
+        metric_average: ``present`` (classes absent from prediction and ground truth are left
+            out of means) or ``all``.
+        predict_dir: where ``predict`` writes class maps and overlays (None: return only).
+        **kwargs: :class:`~lightning_seg.tasks.base.SegTask` arguments (optimiser, schedule, ...).
+    """
+
+    hparams_ignore = ("loss",)
+
+    def __init__(
+        self,
+        num_classes: int,
+        model: str = "deeplabv3plus",
+        backbone: str = "resnet50",
+        backbone_source: Literal["timm", "torchvision"] = "timm",
+        pretrained: bool | str = False,
+        output_stride: int | None = None,
+        aux_weight: float = 0.0,
+        model_kwargs: dict[str, Any] | None = None,
+        loss: nn.Module | None = None,
+        inference: Literal["whole", "slide"] = "whole",
+        window_size: tuple[int, int] = (512, 512),
+        window_stride: tuple[int, int] = (341, 341),
+        tta_scales: list[float] | None = None,
+        tta_flip: bool = False,
+        metric_average: Literal["present", "all"] = "present",
+        predict_dir: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.loss_module = loss
+        kwargs.setdefault("optimizer", "sgd")
+        kwargs.setdefault("lr", 0.01)
+        kwargs.setdefault("weight_decay", 5e-4)
+        kwargs.setdefault("backbone_lr_multiplier", 1.0)
+        super().__init__(num_classes, **kwargs)
+
+    def configure_models(self) -> None:
+        from lightning_seg.models import create_model
+
+        hp = self.hparams
+        kwargs = dict(hp.model_kwargs or {})
+        if hp.output_stride is not None:
+            kwargs["output_stride"] = hp.output_stride
+        if hp.aux_weight > 0:
+            kwargs["aux_head"] = True
+        self.model = create_model(
+            hp.model, num_classes=self.num_classes, backbone=hp.backbone,
+            backbone_source=hp.backbone_source, pretrained=hp.pretrained, **kwargs,
+        )
+
+    def configure_losses(self) -> None:
+        if self.loss_module is None:
+            self.loss_module = nn.CrossEntropyLoss(ignore_index=self.ignore_index)
+        self.criterion = self.loss_module
+        del self.loss_module
+
+    def configure_metrics(self) -> None:
+        avg = self.hparams.metric_average
+        self.val_metrics = SemanticSegmentationMetrics(self.num_classes, self.ignore_index, average=avg)
+        self.test_metrics = SemanticSegmentationMetrics(self.num_classes, self.ignore_index, average=avg)
+
+    # --- training -------------------------------------------------------------------------
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits ``[B,K,H,W]`` of the main head."""
+        out = self.model(images)
+        return out["out"] if isinstance(out, dict) else out
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        target = torch.stack([t["semantic"] for t in batch["targets"]])
+        out = self.model(batch["images"])
+        terms: dict[str, Tensor] = {}
+        if isinstance(out, dict):
+            terms["loss_main"] = self.criterion(out["out"], target)
+            if "aux" in out and self.hparams.aux_weight > 0:
+                terms["loss_aux"] = self.hparams.aux_weight * self.criterion(out["aux"], target)
+        else:
+            terms["loss_main"] = self.criterion(out, target)
+        loss = sum(terms.values())
+        self.check_finite(loss, terms)
+        bs = len(batch["targets"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        if len(terms) > 1:
+            self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=bs)
+        return loss
+
+    # --- inference ------------------------------------------------------------------------
+    def probabilities(self, images: Tensor) -> Tensor:
+        """Class probabilities ``[B,K,Hp,Wp]`` with the configured inference mode and TTA."""
+        hp = self.hparams
+        return dense_probabilities(
+            self.forward, images, mode=hp.inference, window=hp.window_size, stride=hp.window_stride,
+            scales=hp.tta_scales or (1.0,), flip=hp.tta_flip,
+        )
+
+    def _eval_step(self, batch: Batch, metrics: SemanticSegmentationMetrics, prefix: str) -> None:
+        hp = self.hparams
+        if hp.inference == "whole" and not hp.tta_flip and list(hp.tta_scales or [1.0]) == [1.0]:
+            # plain inference: one forward gives both the loss and the prediction
+            logits = self.forward(batch["images"])
+            target = torch.stack([t["semantic"] for t in batch["targets"]])
+            self.log(f"{prefix}/loss", self.criterion(logits, target), batch_size=len(target))
+            pred = logits.argmax(1)
+        else:
+            pred = self.probabilities(batch["images"]).argmax(1)
+        for p, t in zip(pred, batch["targets"]):
+            h, w = t["image_size"]
+            metrics.update(p[None, :h, :w], t["semantic"][None, :h, :w])
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_metric_dict("val", self.val_metrics.compute(), prog_bar=False)
+        self.val_metrics.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self.log_metric_dict("test", self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        """Class maps at each image's original size: ``[{"image_id", "semantic" int64 [H,W]}]``."""
+        prob = self.probabilities(batch["images"])
+        results = []
+        for img, p, t in zip(batch["images"], prob, batch["targets"]):
+            pred = crop_and_resize(p, t["image_size"], t["orig_size"]).argmax(0)
+            results.append({"image_id": t["image_id"], "semantic": pred})
+            if self.hparams.predict_dir:
+                h, w = t["image_size"]
+                self._write_prediction(t["image_id"], pred, img[:, :h, :w], p[:, :h, :w].argmax(0))
+        return results
+
+    def _write_prediction(self, image_id: Any, pred: Tensor, image: Tensor, pred_small: Tensor) -> None:
+        out = Path(self.hparams.predict_dir)
+        (out / "semantic").mkdir(parents=True, exist_ok=True)
+        (out / "overlays").mkdir(parents=True, exist_ok=True)
+        meta = getattr(getattr(self.trainer, "datamodule", None), "metadata", None)
+        ids = np.asarray(meta.category_ids if meta is not None else range(self.num_classes))
+        colors = meta.colors if meta is not None else None
+        cls_map = ids[pred.cpu().numpy()]
+        dtype = np.uint8 if cls_map.max(initial=0) < 256 else np.uint16
+        Image.fromarray(cls_map.astype(dtype)).save(out / "semantic" / f"{image_id}.png")
+        if colors is not None:
+            ov = overlay_semantic(to_numpy_uint8(image), pred_small, colors)
+            Image.fromarray(ov).save(out / "overlays" / f"{image_id}.png")
