@@ -1,1 +1,44 @@
-"""lightning_seg.metrics"""
+"""torchmetrics ``Metric`` subclasses for semantic, panoptic, instance and boundary evaluation.
+
+All states are fixed-size tensors summed across processes, except :class:`MaskAP`, which
+gathers its predictions as run-length encodings.
+"""
+
+from lightning_seg.metrics.boundary import AverageSurfaceDistance, BoundaryIoU, TrimapAccuracy
+from lightning_seg.metrics.coco_eval import COCO_STAT_NAMES, coco_evaluate
+from lightning_seg.metrics.mask_ap import MaskAP
+from lightning_seg.metrics.rle import encode_runs, masks_to_coco_rles
+from lightning_seg.metrics.semantic import SemanticSegmentationMetrics, confusion_matrix, semantic_scores
+from lightning_seg.metrics.parsing_covering import ParsingCovering, parsing_covering_stats
+from lightning_seg.metrics.panoptic_quality import PanopticQuality, panoptic_quality_stats, pq_from_stats
+from lightning_seg.metrics.panoptic_segments import (
+    PanopticSegments,
+    segments_from_category_instance,
+    segments_from_id_maps,
+    segments_from_masks,
+    to_panoptic_segments,
+)
+
+__all__ = [
+    "AverageSurfaceDistance",
+    "BoundaryIoU",
+    "TrimapAccuracy",
+    "COCO_STAT_NAMES",
+    "MaskAP",
+    "coco_evaluate",
+    "encode_runs",
+    "masks_to_coco_rles",
+    "SemanticSegmentationMetrics",
+    "confusion_matrix",
+    "semantic_scores",
+    "ParsingCovering",
+    "parsing_covering_stats",
+    "PanopticQuality",
+    "PanopticSegments",
+    "panoptic_quality_stats",
+    "pq_from_stats",
+    "segments_from_category_instance",
+    "segments_from_id_maps",
+    "segments_from_masks",
+    "to_panoptic_segments",
+]

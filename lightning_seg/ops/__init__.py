@@ -1,1 +1,41 @@
-"""lightning_seg.ops"""
+"""Pure-tensor, batched, device-agnostic ops: point sampling, Hungarian matching, matrix NMS,
+mask-classification inference and panoptic fusion. No Lightning imports here."""
+
+from .linear_assignment import sanitize_costs, solve_assignment
+from .mask_inference import instance_inference, panoptic_inference, semantic_inference, thing_mask
+from .mask_resize import ResizeTaps, resize_height, resize_rows, resize_taps, resize_width
+from .matching import Matching, hungarian_match, mask_matching_costs, match_masks
+from .matrix_nms import MatrixNMSResult, mask_iou_matrix, matrix_nms
+from .panoptic_fpn_fusion import panoptic_fpn_fusion
+from .point_sampling import (
+    point_sample,
+    point_sample_binary,
+    sample_points_by_uncertainty,
+    uncertainty_from_logits,
+)
+
+__all__ = [
+    "Matching",
+    "MatrixNMSResult",
+    "ResizeTaps",
+    "hungarian_match",
+    "instance_inference",
+    "mask_iou_matrix",
+    "mask_matching_costs",
+    "match_masks",
+    "matrix_nms",
+    "panoptic_fpn_fusion",
+    "panoptic_inference",
+    "point_sample",
+    "point_sample_binary",
+    "resize_height",
+    "resize_rows",
+    "resize_taps",
+    "resize_width",
+    "sample_points_by_uncertainty",
+    "sanitize_costs",
+    "semantic_inference",
+    "solve_assignment",
+    "thing_mask",
+    "uncertainty_from_logits",
+]

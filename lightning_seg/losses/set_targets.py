@@ -1,0 +1,82 @@
+"""Stack a batch's per-image targets into padded tensors for the set criterion."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["PaddedTargets", "pad_targets"]
+
+
+class PaddedTargets(NamedTuple):
+    """Targets of a batch padded to the largest number of segments ``T``.
+
+    Attributes:
+        labels: int64 ``[B, T]`` (0 in the padding).
+        masks: bool ``[B, T, H, W]`` (False in the padding).
+        valid: bool ``[B, T]`` True for real segments.
+    """
+
+    labels: torch.Tensor
+    masks: torch.Tensor
+    valid: torch.Tensor
+
+
+def pad_targets(
+    targets: Sequence[Mapping[str, object]], num_classes: int, device: torch.device | None = None
+) -> PaddedTargets:
+    """Pad per-image ``masks`` bool ``[N, H, W]`` and ``labels`` int64 ``[N]`` to ``[B, T, ...]``.
+
+    Masks of different spatial sizes are padded bottom/right with False to the largest size.
+
+    Args:
+        targets: ``B`` dicts with ``masks`` and ``labels`` (``N`` may be 0).
+        num_classes: ``K``; labels must be in ``[0, K)``.
+        device: where the padded tensors go (default: the first image's masks).
+
+    Raises:
+        ValueError: naming the image (index and ``image_id`` when present) on a bad shape,
+            dtype or label.
+    """
+    if len(targets) == 0:
+        raise ValueError("pad_targets got an empty list of targets")
+    shapes = []
+    for i, tgt in enumerate(targets):
+        where = f"target {i}" + (f" (image_id={tgt['image_id']!r})" if "image_id" in tgt else "")
+        if "masks" not in tgt or "labels" not in tgt:
+            raise ValueError(f"{where}: needs 'masks' and 'labels', has {sorted(tgt)}")
+        masks, labels = tgt["masks"], tgt["labels"]
+        if not isinstance(masks, torch.Tensor) or masks.ndim != 3:
+            raise ValueError(f"{where}: masks must be a [N,H,W] tensor, got {getattr(masks, 'shape', type(masks))}")
+        if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.shape[0] != masks.shape[0]:
+            raise ValueError(
+                f"{where}: labels must be [N={masks.shape[0]}], got {getattr(labels, 'shape', type(labels))}"
+            )
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise ValueError(f"{where}: labels must be integer class ids, got {labels.dtype}")
+        shapes.append(tuple(masks.shape))
+    dev = device if device is not None else targets[0]["masks"].device  # type: ignore[union-attr]
+    b = len(targets)
+    t = max(s[0] for s in shapes)
+    h = max(s[1] for s in shapes)
+    w = max(s[2] for s in shapes)
+    labels = torch.zeros(b, t, dtype=torch.long, device=dev)
+    masks = torch.zeros(b, t, h, w, dtype=torch.bool, device=dev)
+    valid = torch.zeros(b, t, dtype=torch.bool, device=dev)
+    for i, (tgt, (n, mh, mw)) in enumerate(zip(targets, shapes)):
+        if n == 0:
+            continue
+        labels[i, :n] = tgt["labels"].to(dev)  # type: ignore[union-attr]
+        m = tgt["masks"]
+        masks[i, :n, :mh, :mw] = (m if m.dtype == torch.bool else m > 0.5).to(dev)  # type: ignore[union-attr]
+        valid[i, :n] = True
+    # One check for the whole batch; only on failure do we look up which image it was.
+    bad = valid & ((labels < 0) | (labels >= num_classes))
+    if bool(bad.any()):
+        i = int(bad.any(1).nonzero()[0])
+        tgt = targets[i]
+        where = f"target {i}" + (f" (image_id={tgt['image_id']!r})" if "image_id" in tgt else "")
+        raise ValueError(f"{where}: labels {tgt['labels'].tolist()} outside [0, {num_classes})")  # type: ignore[union-attr]
+    return PaddedTargets(labels, masks, valid)

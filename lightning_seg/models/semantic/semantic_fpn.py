@@ -1,0 +1,117 @@
+"""Semantic FPN: the semantic branch of Panoptic FPN (Kirillov et al., 2019) on an FPN."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_seg.models.semantic.base import PixelSegmentationModel
+from lightning_seg.models.semantic.blocks import ConvNormAct, Norm, make_norm
+
+
+class FPN(nn.Module):
+    """Feature pyramid: 1x1 laterals, nearest top-down pathway, 3x3 output convs.
+
+    Takes features ``[B, C_i, h_i, w_i]`` (finest first) and returns as many maps
+    ``[B, out_channels, h_i, w_i]``.
+
+    Args:
+        in_channels: channels of each input feature, finest first.
+        out_channels: channels of every pyramid level.
+        norm: normalisation after the lateral and output convs (``"none"`` as in the paper).
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int = 256, norm: Norm = "none") -> None:
+        super().__init__()
+        bias = norm == "none"
+        self.lateral = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, out_channels, 1, bias=bias), make_norm(norm, out_channels)) for c in in_channels
+        )
+        self.output = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias), make_norm(norm, out_channels))
+            for _ in in_channels
+        )
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        """Features finest first -> pyramid levels finest first, all ``out_channels`` wide."""
+        laterals = [conv(f) for conv, f in zip(self.lateral, features)]
+        for i in range(len(laterals) - 1, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+        return [conv(x) for conv, x in zip(self.output, laterals)]
+
+
+class SemanticFPN(PixelSegmentationModel):
+    """Panoptic FPN's semantic branch on an FPN over the backbone's stride 4..32 features.
+
+    Each pyramid level at stride ``s`` goes through ``max(1, log2(s / 4))`` blocks of
+    3x3 conv-norm-ReLU (+ 2x bilinear upsampling while above stride 4); the levels are summed
+    at stride 4 and classified by a 1x1 conv.
+
+    Input images float ``[B, 3, H, W]`` in ``[0, 1]``; output logits ``[B, K, H, W]``, or
+    ``{"out", "aux"}`` with ``aux_head=True`` (see :mod:`lightning_seg.models.semantic.base`).
+
+    Args:
+        num_classes: number of classes ``K``.
+        fpn_channels: channels of the pyramid levels.
+        head_channels: channels of the semantic branch.
+        norm: normalisation in the semantic branch (GroupNorm in the paper).
+        fpn_norm: normalisation in the FPN.
+        dropout: dropout before the classifier.
+        backbone, backbone_source, pretrained, output_stride, out_indices, frozen_stages,
+        freeze_bn, aux_head, backbone_kwargs: see
+            :class:`~lightning_seg.models.semantic.base.PixelSegmentationModel`.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        backbone_source: Literal["timm", "torchvision"] = "timm",
+        pretrained: bool | str = False,
+        fpn_channels: int = 256,
+        head_channels: int = 128,
+        norm: Norm = "GN",
+        fpn_norm: Norm = "none",
+        dropout: float = 0.0,
+        aux_head: bool = False,
+        output_stride: int = 32,
+        out_indices: Sequence[int] | None = None,
+        frozen_stages: int = -1,
+        freeze_bn: bool = False,
+        backbone_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(num_classes, backbone, backbone_source, pretrained, output_stride, out_indices,
+                         frozen_stages, freeze_bn, aux_head, 0.1, backbone_kwargs)
+        strides = self.backbone.strides
+        if any(b < a for a, b in zip(strides, strides[1:])) or any(s & (s - 1) for s in strides):
+            raise ValueError(f"SemanticFPN needs non-decreasing power-of-two feature strides, got {strides} "
+                             f"from backbone {backbone!r}")
+        self.common_stride = strides[0]
+        self.fpn = FPN(self.backbone.channels, fpn_channels, fpn_norm)
+        self.scale_heads = nn.ModuleList()
+        for stride in strides:
+            steps = max(1, int(math.log2(stride // self.common_stride)))
+            self.scale_heads.append(nn.ModuleList(
+                ConvNormAct(fpn_channels if k == 0 else head_channels, head_channels, 3, norm=norm)
+                for k in range(steps)
+            ))
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Conv2d(head_channels, num_classes, 1))
+
+    def decode(self, features: list[Tensor], image_size: tuple[int, int]) -> Tensor:
+        """Class logits ``[B, K, h, w]`` at the finest feature's stride (4)."""
+        h, w = image_size
+        total = None
+        for level, stride, convs in zip(self.fpn(features), self.backbone.strides, self.scale_heads):
+            x = level
+            for conv in convs:
+                x = conv(x)
+                if stride > self.common_stride:
+                    stride //= 2
+                    x = F.interpolate(x, size=(math.ceil(h / stride), math.ceil(w / stride)),
+                                      mode="bilinear", align_corners=False)
+            total = x if total is None else total + x
+        return self.classifier(total)

@@ -1,0 +1,165 @@
+"""Hungarian matching of predictions to padded targets, for the whole batch at once.
+
+:func:`hungarian_match` is the generic entry point (any ``[B, P, T]`` cost: mask costs,
+DETR-style box costs, ...). :func:`mask_matching_costs` builds Mask2Former's matching cost —
+``-p(class)``, sigmoid BCE and dice on points shared by all queries and targets of an image —
+for every image in one pass over padded ``[B, T, ...]`` targets, in float32.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .linear_assignment import solve_assignment
+from .point_sampling import point_sample, point_sample_binary
+
+__all__ = ["Matching", "hungarian_match", "mask_matching_costs", "match_masks"]
+
+
+class Matching(NamedTuple):
+    """Result of matching ``P`` predictions to ``T`` padded targets per image.
+
+    Attributes:
+        target_for_pred: int64 ``[B, P]`` matched target index of each prediction, ``-1`` if none.
+        pred_for_target: int64 ``[B, T]`` matched prediction of each target, ``-1`` if none
+            (padding, or more targets than predictions).
+    """
+
+    target_for_pred: torch.Tensor
+    pred_for_target: torch.Tensor
+
+    def pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Matched pairs ordered by image then prediction index.
+
+        Returns:
+            ``(batch_idx, pred_idx, target_idx)``, each int64 ``[M]``.
+        """
+        batch_idx, pred_idx = torch.nonzero(self.target_for_pred >= 0, as_tuple=True)
+        return batch_idx, pred_idx, self.target_for_pred[batch_idx, pred_idx]
+
+
+def hungarian_match(
+    cost: torch.Tensor,
+    target_valid: torch.Tensor | None = None,
+    pred_valid: torch.Tensor | None = None,
+    solver: str = "auto",
+) -> Matching:
+    """Exact minimum-cost one-to-one matching of predictions to targets in every image.
+
+    Each image matches ``min(#valid predictions, #valid targets)`` pairs. Non-finite costs are
+    replaced by a large finite cost so those pairs are used only when unavoidable.
+
+    Args:
+        cost: float ``[B, P, T]`` cost of giving target ``t`` to prediction ``p``.
+        target_valid: bool ``[B, T]`` real (non-padding) targets; ``None`` = all.
+        pred_valid: bool ``[B, P]``; ``None`` = all.
+        solver: see :func:`lightning_seg.ops.linear_assignment.solve_assignment`.
+
+    Returns:
+        A :class:`Matching`.
+    """
+    if cost.ndim != 3:
+        raise ValueError(f"hungarian_match expects cost [B,P,T], got {tuple(cost.shape)}")
+    b, p, t = cost.shape
+    target_for_pred = solve_assignment(cost, pred_valid, target_valid, solver=solver)
+    pred_for_target = torch.full((b, t + 1), -1, dtype=torch.long, device=cost.device)
+    hit = target_for_pred >= 0
+    preds = torch.arange(p, device=cost.device).expand(b, p)
+    pred_for_target.scatter_(1, torch.where(hit, target_for_pred, t), torch.where(hit, preds, -1))
+    return Matching(target_for_pred, pred_for_target[:, :t])
+
+
+def mask_matching_costs(
+    pred_logits: torch.Tensor,
+    pred_masks: torch.Tensor,
+    target_labels: torch.Tensor,
+    target_masks: torch.Tensor,
+    points: torch.Tensor,
+    cost_class: float = 2.0,
+    cost_mask: float = 5.0,
+    cost_dice: float = 5.0,
+) -> torch.Tensor:
+    """Mask2Former's matching cost for a padded batch, in float32.
+
+    ``cost = cost_class * (-softmax(logits)[label]) + cost_mask * BCE + cost_dice * dice`` where
+    BCE is the mean pointwise sigmoid cross-entropy and dice is ``1 - (2 s.t + 1) / (s + t + 1)``
+    over ``points`` (the same points for every query and target of an image). Entries of
+    padding targets are computed but meaningless; mask them with the validity mask.
+
+    Args:
+        pred_logits: float ``[B, Q, K+1]`` class logits (last = no-object).
+        pred_masks: float ``[B, Q, h, w]`` mask logits.
+        target_labels: int64 ``[B, T]`` (any value in ``[0, K]`` for padding).
+        target_masks: bool ``[B, T, H, W]``.
+        points: float ``[B, P, 2]`` normalised ``(x, y)`` points per image.
+        cost_class, cost_mask, cost_dice: weights of the three terms.
+
+    Returns:
+        float32 ``[B, Q, T]``.
+    """
+    b, q, _ = pred_logits.shape
+    t = target_labels.shape[1]
+    if pred_masks.shape[:2] != (b, q) or target_masks.shape[:2] != (b, t):
+        raise ValueError(
+            f"mask_matching_costs: pred_logits {tuple(pred_logits.shape)}, pred_masks "
+            f"{tuple(pred_masks.shape)}, target_labels {tuple(target_labels.shape)} and "
+            f"target_masks {tuple(target_masks.shape)} disagree on batch/query/target sizes"
+        )
+    prob = pred_logits.float().softmax(-1)
+    labels = target_labels.clamp(0, prob.shape[-1] - 1)
+    cls = -torch.gather(prob, 2, labels[:, None, :].expand(b, q, t))
+    if t == 0:
+        return cls
+    logits = point_sample(pred_masks.float(), points.float())  # [B, Q, P]
+    tgt = point_sample_binary(target_masks, points)  # [B, T, P]
+    num_points = logits.shape[-1]
+    # BCE(x, y) = softplus(-x) y + softplus(x) (1 - y) = softplus(x) - x y, so the pairwise
+    # mean is a row mean minus a single batched matmul.
+    bce = F.softplus(logits).mean(-1, keepdim=True) - torch.bmm(logits, tgt.transpose(1, 2)) / num_points
+    s = logits.sigmoid()
+    inter = torch.bmm(s, tgt.transpose(1, 2))
+    dice = 1.0 - (2.0 * inter + 1.0) / (s.sum(-1)[:, :, None] + tgt.sum(-1)[:, None, :] + 1.0)
+    return cost_class * cls + cost_mask * bce + cost_dice * dice
+
+
+@torch.no_grad()
+def match_masks(
+    pred_logits: torch.Tensor,
+    pred_masks: torch.Tensor,
+    target_labels: torch.Tensor,
+    target_masks: torch.Tensor,
+    target_valid: torch.Tensor,
+    num_points: int = 12544,
+    cost_class: float = 2.0,
+    cost_mask: float = 5.0,
+    cost_dice: float = 5.0,
+    solver: str = "auto",
+    points: torch.Tensor | None = None,
+) -> Matching:
+    """Match mask-classification queries to padded targets for a whole batch.
+
+    Args:
+        pred_logits: float ``[B, Q, K+1]``.
+        pred_masks: float ``[B, Q, h, w]`` logits.
+        target_labels: int64 ``[B, T]``.
+        target_masks: bool ``[B, T, H, W]``.
+        target_valid: bool ``[B, T]``.
+        num_points: uniform points per image (drawn with ``torch.rand(B, num_points, 2)``)
+            when ``points`` is not given.
+        cost_class, cost_mask, cost_dice: cost weights.
+        solver: assignment solver (``"auto"``, ``"scipy"``, ``"torch"``).
+        points: float ``[B, P, 2]`` to use instead of random points.
+
+    Returns:
+        A :class:`Matching`.
+    """
+    b = pred_logits.shape[0]
+    if points is None:
+        points = torch.rand(b, num_points, 2, device=pred_masks.device)
+    cost = mask_matching_costs(
+        pred_logits, pred_masks, target_labels, target_masks, points, cost_class, cost_mask, cost_dice
+    )
+    return hungarian_match(cost, target_valid=target_valid, solver=solver)

@@ -1,0 +1,282 @@
+"""Benchmark lightning_seg.ops / SetCriterion against HF transformers' Mask2Former code.
+
+Both sides run in this process on the same inputs; each line prints our time, the
+reference's time, the ratio (ours / reference, lower is better) and the peak memory growth
+while it ran (CUDA: allocator peak; CPU: sampled resident set size).
+
+    python scripts/benchmarks/ops.py                      # full sizes (a few minutes on CPU)
+    python scripts/benchmarks/ops.py --batch 2 --aux 2    # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import threading
+import time
+from types import SimpleNamespace
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+import torch.nn.functional as F
+
+from lightning_seg.losses import SetCriterion
+from lightning_seg.ops import (
+    instance_inference,
+    match_masks,
+    matrix_nms,
+    panoptic_inference,
+    semantic_inference,
+    solve_assignment,
+)
+
+
+class PeakMemory:
+    """Peak memory growth (MiB) inside a ``with`` block."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mib = 0.0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self._rss())
+            time.sleep(0.002)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        else:
+            self._base = self._peak = self._rss()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak_mib = (torch.cuda.max_memory_allocated() - self._base) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mib = (max(self._peak, self._rss()) - self._base) / 2**20
+
+
+WARMUP = 1
+
+
+def timed(fn, device: torch.device, repeats: int) -> tuple[float, float]:
+    """Median seconds per call over ``repeats`` calls after ``WARMUP`` warm-ups, and peak MiB."""
+    for _ in range(WARMUP):
+        fn()
+    times = []
+    with PeakMemory(device) as mem:
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2], mem.peak_mib
+
+
+def report(name: str, ours: tuple[float, float], ref: tuple[float, float] | None, ref_name: str) -> None:
+    line = f"{name:<34} ours {ours[0] * 1e3:9.1f} ms  peak {ours[1]:7.1f} MiB"
+    if ref is not None:
+        line += f" | {ref_name} {ref[0] * 1e3:9.1f} ms  peak {ref[1]:7.1f} MiB | ratio {ours[0] / ref[0]:.3f}"
+    print(line, flush=True)
+
+
+def make_problem(args, device):
+    g = torch.Generator().manual_seed(0)
+    b, q, k = args.batch, args.queries, args.classes
+    logits = torch.randn(b, q, k + 1, generator=g).to(device)
+    masks = torch.randn(b, q, args.mask, args.mask, generator=g).to(device)
+    aux = [
+        {"pred_logits": torch.randn(b, q, k + 1, generator=g).to(device),
+         "pred_masks": torch.randn(b, q, args.mask, args.mask, generator=g).to(device)}
+        for _ in range(args.aux)
+    ]
+    targets = []
+    s = args.image
+    for i in range(b):
+        n = args.targets
+        # Rectangles of random size, a realistic mix of small and large segments.
+        m = torch.zeros(n, s, s, dtype=torch.bool)
+        ys, xs = torch.randint(0, s // 2, (2, n), generator=g)
+        hs, ws = torch.randint(8, s // 2, (2, n), generator=g)
+        for j in range(n):
+            m[j, ys[j] : ys[j] + hs[j], xs[j] : xs[j] + ws[j]] = True
+        targets.append({"masks": m.to(device), "labels": torch.randint(0, k, (n,), generator=g).to(device)})
+    return logits, masks, aux, targets
+
+
+def bench_training(args, device):
+    from transformers import Mask2FormerConfig
+    from transformers.models.mask2former.modeling_mask2former import Mask2FormerHungarianMatcher, Mask2FormerLoss
+
+    logits, masks, aux, targets = make_problem(args, device)
+    t = max(len(x["labels"]) for x in targets)
+    labels = torch.stack([x["labels"] for x in targets])
+    tmasks = torch.stack([x["masks"] for x in targets])
+    valid = torch.ones(args.batch, t, dtype=torch.bool, device=device)
+    hf_masks = [x["masks"].float() for x in targets]
+    hf_labels = [x["labels"] for x in targets]
+
+    for solver in ("scipy", "torch"):
+        ours = timed(lambda: match_masks(logits, masks, labels, tmasks, valid, num_points=args.points,
+                                         solver=solver), device, args.repeats)
+        hf = Mask2FormerHungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=args.points)
+        ref = timed(lambda: hf(masks, logits, hf_masks, hf_labels), device, args.repeats)
+        report(f"matcher (solver={solver})", ours, ref, "HF")
+
+    cost = torch.rand(args.batch, args.queries, t, generator=torch.Generator().manual_seed(1)).to(device)
+    report("assignment only: torch vs scipy",
+           timed(lambda: solve_assignment(cost, solver="torch"), device, args.repeats),
+           timed(lambda: solve_assignment(cost, solver="scipy"), device, args.repeats), "scipy")
+
+    crit = SetCriterion(num_classes=args.classes, num_points=args.points).to(device)
+    cfg = Mask2FormerConfig(num_labels=args.classes, train_num_points=args.points, oversample_ratio=3.0,
+                            importance_sample_ratio=0.75, class_weight=2.0, mask_weight=5.0, dice_weight=5.0,
+                            no_object_weight=0.1)
+    hf_loss = Mask2FormerLoss(cfg, weight_dict={}).to(device)
+
+    def leaves():
+        return [x.detach().clone().requires_grad_() for x in (logits, masks)], [
+            {k: v.detach().clone().requires_grad_() for k, v in a.items()} for a in aux
+        ]
+
+    def ours_step():
+        (lg, mk), ax = leaves()
+        crit.total(crit({"pred_logits": lg, "pred_masks": mk, "aux_outputs": ax}, targets)).backward()
+
+    def hf_step():
+        (lg, mk), ax = leaves()
+        out = hf_loss(mk, lg, hf_masks, hf_labels,
+                      [{"masks_queries_logits": a["pred_masks"], "class_queries_logits": a["pred_logits"]} for a in ax])
+        w = {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
+        sum(w[k.rsplit("_", 1)[0] if k[-1].isdigit() else k] * v for k, v in out.items()).backward()
+
+    ours = timed(ours_step, device, args.criterion_repeats)
+    ref = timed(hf_step, device, args.criterion_repeats) if not args.skip_hf_criterion else None
+    report(f"criterion fwd+bwd ({args.aux} aux)", ours, ref, "HF")
+
+
+def bench_inference(args, device):
+    from transformers.models.mask2former.image_processing_mask2former import Mask2FormerImageProcessor
+
+    g = torch.Generator().manual_seed(2)
+    b, q, k = args.batch, args.queries, args.classes
+    logits = (torch.randn(b, q, k + 1, generator=g) * 3).to(device)
+    masks = (torch.randn(b, q, args.infer_mask, args.infer_mask, generator=g) * 3).to(device)
+    size = (args.infer_out, args.infer_out)
+    outputs = SimpleNamespace(class_queries_logits=logits, masks_queries_logits=masks)
+    proc = Mask2FormerImageProcessor()
+    things = list(range(80))
+    sizes = dict(padded_size=size, image_sizes=[size] * b, orig_sizes=[size] * b)
+    report("panoptic inference",
+           timed(lambda: panoptic_inference(logits, masks, things, object_mask_threshold=0.8, **sizes),
+                 device, args.repeats),
+           timed(lambda: proc.post_process_panoptic_segmentation(outputs, threshold=0.8, target_sizes=[size] * b,
+                                                                 label_ids_to_fuse=set(range(80, k))),
+                 device, args.repeats), "HF")
+    report("instance inference (top-100)",
+           timed(lambda: instance_inference(logits, masks, topk=q, score_threshold=0.5, drop_empty=True, **sizes),
+                 device, args.repeats),
+           timed(lambda: proc.post_process_instance_segmentation(outputs, threshold=0.5, target_sizes=[size] * b,
+                                                                 return_binary_maps=True),
+                 device, args.repeats), "HF")
+    report("semantic inference",
+           timed(lambda: semantic_inference(logits, masks, **sizes), device, args.repeats),
+           timed(lambda: proc.post_process_semantic_segmentation(outputs, target_sizes=[size] * b),
+                 device, args.repeats), "HF")
+
+
+def _matrix_nms_per_image(masks, scores, labels, sigma=2.0):
+    """mmdetection-style single-image matrix NMS (unchunked), looped over images."""
+    out = []
+    for m, s, lab in zip(masks, scores, labels):
+        s, order = s.sort(descending=True)
+        flat = m[order].flatten(1).float()
+        lab = lab[order]
+        area = flat.sum(1)
+        inter = flat @ flat.T
+        iou = (inter / (area[:, None] + area[None, :] - inter)).triu(1)
+        same = (lab[:, None] == lab[None, :]).triu(1)
+        d = iou * same
+        comp = d.max(0)[0][:, None].expand_as(d)
+        coeff = (torch.exp(-sigma * d**2) / torch.exp(-sigma * comp**2)).min(0)[0]
+        out.append(s * coeff)
+    return out
+
+
+def bench_matrix_nms(args, device):
+    g = torch.Generator().manual_seed(3)
+    b, n, h, w = args.nms_batch, args.nms_masks, args.nms_height, args.nms_width
+    masks = torch.zeros(b, n, h, w, dtype=torch.bool)
+    ys = torch.randint(0, h // 2, (b, n), generator=g)
+    xs = torch.randint(0, w // 2, (b, n), generator=g)
+    for i in range(b):
+        for j in range(n):
+            masks[i, j, ys[i, j] : ys[i, j] + h // 4, xs[i, j] : xs[i, j] + w // 4] = True
+    masks = masks.to(device)
+    scores = torch.rand(b, n, generator=g).to(device)
+    labels = torch.randint(0, 80, (b, n), generator=g).to(device)
+    report(f"matrix NMS {b}x{n} masks {h}x{w}",
+           timed(lambda: matrix_nms(masks, scores, labels), device, args.repeats),
+           timed(lambda: _matrix_nms_per_image(masks, scores, labels), device, args.repeats), "per-image loop")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--classes", type=int, default=133)
+    p.add_argument("--targets", type=int, default=30)
+    p.add_argument("--image", type=int, default=512, help="target mask size")
+    p.add_argument("--mask", type=int, default=128, help="predicted mask size (training)")
+    p.add_argument("--points", type=int, default=12544)
+    p.add_argument("--aux", type=int, default=9)
+    p.add_argument("--infer-mask", type=int, default=160)
+    p.add_argument("--infer-out", type=int, default=640)
+    p.add_argument("--nms-batch", type=int, default=1)
+    p.add_argument("--nms-masks", type=int, default=500)
+    p.add_argument("--nms-height", type=int, default=200)
+    p.add_argument("--nms-width", type=int, default=333)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--criterion-repeats", type=int, default=1)
+    p.add_argument("--skip-hf-criterion", action="store_true")
+    p.add_argument("--only", choices=["training", "inference", "nms"], default=None)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    global WARMUP
+    WARMUP = args.warmup
+    import transformers
+
+    print(f"device={device} ({platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}) "
+          f"torch {torch.__version__} transformers {transformers.__version__}")
+    print(f"sizes: {vars(args)}")
+    if args.only in (None, "training"):
+        bench_training(args, device)
+    if args.only in (None, "inference"):
+        bench_inference(args, device)
+    if args.only in (None, "nms"):
+        bench_matrix_nms(args, device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Point sampling against a bilinear formula written out per point."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lightning_seg.ops.point_sampling import point_sample, point_sample_binary, sample_points_by_uncertainty
+
+
+def _bilinear_loop(img: torch.Tensor, x: float, y: float) -> float:
+    """Value of ``img [H, W]`` at normalised (x, y), pixel centres at (i + 0.5) / size, zeros outside."""
+    h, w = img.shape
+    px, py = x * w - 0.5, y * h - 0.5
+    x0, y0 = math.floor(px), math.floor(py)
+    total = 0.0
+    for yy, wy in ((y0, 1 - (py - y0)), (y0 + 1, py - y0)):
+        for xx, wx in ((x0, 1 - (px - x0)), (x0 + 1, px - x0)):
+            if 0 <= xx < w and 0 <= yy < h:
+                total += wy * wx * float(img[yy, xx])
+    return total
+
+
+def test_point_sample_matches_bilinear_formula():
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(2, 3, 5, 7, generator=g)
+    pts = torch.rand(2, 11, 2, generator=g) * 1.2 - 0.1  # some points fall outside
+    out = point_sample(maps, pts)
+    assert out.shape == (2, 3, 11)
+    for n in range(2):
+        for c in range(3):
+            for p in range(11):
+                ref = _bilinear_loop(maps[n, c], float(pts[n, p, 0]), float(pts[n, p, 1]))
+                assert out[n, c, p].item() == pytest.approx(ref, abs=1e-5)
+    assert point_sample(maps[:, 0], pts).shape == (2, 11)
+
+
+def test_point_sample_binary_equals_float_sampling():
+    g = torch.Generator().manual_seed(1)
+    masks = torch.rand(6, 9, 13, generator=g) > 0.5
+    pts = torch.rand(3, 40, 2, generator=g) * 1.1 - 0.05
+    rows = torch.tensor([[0, 1], [2, 5], [4, 4]])
+    out = point_sample_binary(masks, pts, rows)
+    for gi in range(3):
+        for ri in range(2):
+            ref = point_sample(masks[rows[gi, ri]][None].float(), pts[gi : gi + 1])[0]
+            torch.testing.assert_close(out[gi, ri], ref, rtol=0, atol=1e-6)
+    # Grouped layout: every mask of group g read at point set g.
+    grouped = point_sample_binary(masks.view(3, 2, 9, 13), pts)
+    for gi in range(3):
+        ref = point_sample(masks.view(3, 2, 9, 13)[gi : gi + 1].float(), pts[gi : gi + 1])[0]
+        torch.testing.assert_close(grouped[gi], ref, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="rows"):
+        point_sample_binary(masks, pts, rows[:2])
+    with pytest.raises(ValueError, match=r"\[G,R,H,W\]"):
+        point_sample_binary(masks, pts)
+
+
+def test_importance_sampling_picks_most_uncertain_candidates(monkeypatch):
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(4, 10, 10, generator=g)
+    cand = torch.rand(4, 30, 2, generator=g)
+    fresh = torch.rand(4, 3, 2, generator=g)
+    draws = iter([cand, fresh])
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: next(draws))
+    pts = sample_points_by_uncertainty(logits, num_points=10, oversample_ratio=3, importance_sample_ratio=0.75)
+    assert pts.shape == (4, 10, 2)
+    for n in range(4):
+        vals = [abs(_bilinear_loop(logits[n], float(x), float(y))) for x, y in cand[n]]
+        best = sorted(range(30), key=lambda i: vals[i])[:7]
+        assert {tuple(cand[n, i].tolist()) for i in best} == {tuple(p) for p in pts[n, :7].tolist()}
+        torch.testing.assert_close(pts[n, 7:], fresh[n])
