@@ -20,6 +20,8 @@ import torch
 from lightning import LightningModule
 from torch import Tensor, nn
 
+from lightning_seg.tasks.prediction_writer import PredictionWriter
+
 log = logging.getLogger(__name__)
 
 NO_DECAY_KEYWORDS = ("query_feat", "query_embed", "level_embed", "pos_embed", "cls_token", "relative_position")
@@ -48,6 +50,8 @@ class SegTask(LightningModule):
         max_steps: schedule length ``T`` (default: the trainer's estimated stepping batches).
         init_from: checkpoint to start from (ours; loaded with ``weights_only=True``).
         freeze_backbone: keep ``model.backbone`` fixed (no gradients, eval-mode norms).
+        predict_dir: where ``predict`` writes its files (COCO panoptic JSON + PNGs, COCO
+            results JSON, PNG class maps, overlays); None: predictions are only returned.
     """
 
     hparams_ignore: tuple[str, ...] = ()
@@ -72,6 +76,7 @@ class SegTask(LightningModule):
         max_steps: int | None = None,
         init_from: str | None = None,
         freeze_backbone: bool = False,
+        predict_dir: str | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -218,6 +223,30 @@ class SegTask(LightningModule):
         total = hp.max_steps or int(self.trainer.estimated_stepping_batches)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: self.lr_factor(s, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def write_predictions(self, batch: Any, preds: dict[str, list]) -> None:
+        """Write one batch of predictions to ``predict_dir`` (when set)."""
+        if not self.hparams.predict_dir:
+            return
+        if getattr(self, "_prediction_writer", None) is None:
+            dm = getattr(self.trainer, "datamodule", None)
+            self._prediction_writer = PredictionWriter(
+                Path(self.hparams.predict_dir), getattr(dm, "metadata", None), self.num_classes,
+                reduce_zero_label=bool(getattr(dm, "reduce_zero_label", False)),
+            )
+        self._prediction_writer.write_batch(batch, preds)
+
+    def on_predict_epoch_end(self) -> None:
+        writer = getattr(self, "_prediction_writer", None)
+        if writer is None:
+            return
+        world = self.trainer.world_size
+        writer.finish(self.trainer.global_rank, world)
+        self._prediction_writer = None
+        if world > 1:
+            self.trainer.strategy.barrier()
+            if self.trainer.is_global_zero:
+                PredictionWriter.merge_parts(Path(self.hparams.predict_dir), world)
 
     def log_metric_dict(self, prefix: str, values: dict[str, Any], **kwargs: Any) -> None:
         """Log the scalar entries of a metric's ``compute()`` under ``prefix/``."""

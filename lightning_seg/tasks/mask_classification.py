@@ -9,7 +9,6 @@ as Mask2Former reports. ``predict`` writes the files ``lightning-seg evaluate`` 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -20,7 +19,6 @@ from lightning_seg.metrics.semantic import SemanticSegmentationMetrics
 from lightning_seg.ops import instance_inference, panoptic_inference, semantic_inference
 from lightning_seg.structures import Batch
 from lightning_seg.tasks.base import SegTask
-from lightning_seg.tasks.prediction_writer import PredictionWriter
 
 Task = Literal["panoptic", "instance", "semantic"]
 
@@ -52,7 +50,6 @@ class MaskClassificationModule(SegTask):
         test_topk: instance inference top-k over (query, class) pairs.
         score_all_tasks: in panoptic mode also compute mIoU and mask AP from the same outputs.
         freeze_pixel_decoder: keep the pixel decoder fixed (fine-tuning).
-        predict_dir: where ``predict`` writes its files (None: return only).
         **kwargs: :class:`~lightning_seg.tasks.base.SegTask` arguments (AdamW 1e-4, weight
             decay 0.05, backbone ×0.1 by default; poly schedule; ``init_from``).
     """
@@ -91,7 +88,6 @@ class MaskClassificationModule(SegTask):
         test_topk: int = 100,
         score_all_tasks: bool = True,
         freeze_pixel_decoder: bool = False,
-        predict_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("optimizer", "adamw")
@@ -273,26 +269,8 @@ class MaskClassificationModule(SegTask):
         self._log_epoch("test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, list]:
-        """Predictions at original size for the configured task (and written to ``predict_dir``)."""
+        """Predictions at original size (written to ``predict_dir``): the configured task's, and in
+        panoptic mode with ``score_all_tasks`` also the instance and semantic ones it scores."""
         preds = self.predict_outputs(self.model(batch["images"]), batch, at_original_size=True)
-        preds = {self.hparams.task: preds[self.hparams.task]}
-        if self.hparams.predict_dir:
-            writer = self._writer()
-            writer.write_batch(batch, preds)
+        self.write_predictions(batch, preds)
         return preds
-
-    def _writer(self) -> PredictionWriter:
-        if getattr(self, "_prediction_writer", None) is None:
-            meta = getattr(getattr(self.trainer, "datamodule", None), "metadata", None)
-            self._prediction_writer = PredictionWriter(Path(self.hparams.predict_dir), meta, self.num_classes)
-        return self._prediction_writer
-
-    def on_predict_epoch_end(self) -> None:
-        if getattr(self, "_prediction_writer", None) is not None:
-            world = self.trainer.world_size
-            self._prediction_writer.finish(self.trainer.global_rank, world)
-            self._prediction_writer = None
-            if world > 1:
-                self.trainer.strategy.barrier()
-                if self.trainer.is_global_zero:
-                    PredictionWriter.merge_parts(Path(self.hparams.predict_dir), world)

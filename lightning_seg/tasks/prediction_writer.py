@@ -2,7 +2,8 @@
 
 * panoptic: ``panoptic.json`` + ``panoptic/<image_id>.png`` (a COCO panoptic submission);
 * instance: ``instances_results.json`` (COCO results: RLE ``segmentation``, ``bbox``, ``score``);
-* semantic: ``semantic/<image_id>.png`` class maps in the dataset's category ids;
+* semantic: ``semantic/<image_id>.png`` class maps encoded like the dataset's own ground truth
+  (contiguous ids, shifted by one with void as 0 under ADE20K's ``reduce_zero_label``);
 * ``overlays/<image_id>.png`` for looking at the predictions.
 
 PNGs are written as the batches come; the JSON entries are kept per process and written at the
@@ -40,11 +41,20 @@ class PredictionWriter:
         metadata: the dataset's classes (maps contiguous ids to category ids); when None,
             category ids are the contiguous ids.
         num_classes: ``K`` (used when ``metadata`` is None).
+        reduce_zero_label: write semantic maps as ``id + 1`` with void 0 (ADE20K's files).
         overlays: also write colour overlays.
     """
 
-    def __init__(self, out_dir: Path, metadata: DatasetMetadata | None, num_classes: int, overlays: bool = True) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        metadata: DatasetMetadata | None,
+        num_classes: int,
+        reduce_zero_label: bool = False,
+        overlays: bool = True,
+    ) -> None:
         self.out_dir = Path(out_dir)
+        self.reduce_zero_label = reduce_zero_label
         self.metadata = metadata or DatasetMetadata([f"class_{i}" for i in range(num_classes)])
         self.overlays = overlays
         self.entries: dict[str, list[dict[str, Any]]] = {"panoptic": [], "instance": []}
@@ -95,7 +105,7 @@ class PredictionWriter:
             if "semantic" in preds:
                 sem = preds["semantic"][i]
                 (self.out_dir / "semantic").mkdir(parents=True, exist_ok=True)
-                write_class_png(self.out_dir / "semantic" / f"{stem}.png", sem, self.metadata)
+                write_class_png(self.out_dir / "semantic" / f"{stem}.png", sem, reduce_zero_label=self.reduce_zero_label)
                 if self.overlays and "panoptic" not in preds:
                     img = to_numpy_uint8(self._image(batch, i, tuple(sem.shape)))
                     Image.fromarray(overlay_semantic(img, sem, self.metadata.colors)).save(ov_dir / f"{stem}.png")

@@ -5,16 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from lightning_seg.metrics.semantic import SemanticSegmentationMetrics
 from lightning_seg.structures import Batch
 from lightning_seg.tasks.base import SegTask
 from lightning_seg.tasks.dense_inference import crop_and_resize, dense_probabilities
-from lightning_seg.visualization import overlay_semantic, to_numpy_uint8
 
 
 class SemanticSegmentationModule(SegTask):
@@ -26,8 +23,8 @@ class SemanticSegmentationModule(SegTask):
 
     Validation and test score the class map at the target's resolution with
     :class:`~lightning_seg.metrics.semantic.SemanticSegmentationMetrics`; ``predict`` writes
-    PNG class maps (dataset category ids, the format ``lightning-seg evaluate --task semantic``
-    reads) and colour overlays to ``predict_dir``.
+    PNG class maps (encoded like the dataset's ground truth, the format
+    ``lightning-seg evaluate --task semantic`` reads) and colour overlays to ``predict_dir``.
 
     Args:
         model: architecture name (``fcn``, ``unet``, ``deeplabv3``, ``deeplabv3plus``,
@@ -45,7 +42,11 @@ class SemanticSegmentationModule(SegTask):
         tta_flip: add horizontal flips at test time.
         metric_average: ``present`` (classes absent from prediction and ground truth are left
             out of means) or ``all``.
-        predict_dir: where ``predict`` writes class maps and overlays (None: return only).
+        class_weighting: weight the loss's classes by the training set's pixel frequencies
+            (``inverse``, ``median_frequency`` or ``enet``), counted once before training; the
+            loss must take ``class_weights`` (the default cross-entropy, focal, OHEM do).
+        class_weights_cache: JSON file of the pixel counts (default:
+            ``<default_root_dir>/class_pixel_counts.json``); reused when it exists.
         **kwargs: :class:`~lightning_seg.tasks.base.SegTask` arguments (optimiser, schedule, ...).
     """
 
@@ -68,7 +69,8 @@ class SemanticSegmentationModule(SegTask):
         tta_scales: list[float] | None = None,
         tta_flip: bool = False,
         metric_average: Literal["present", "all"] = "present",
-        predict_dir: str | None = None,
+        class_weighting: Literal["none", "inverse", "median_frequency", "enet"] = "none",
+        class_weights_cache: str | None = None,
         **kwargs: Any,
     ) -> None:
         self.loss_module = loss
@@ -94,7 +96,9 @@ class SemanticSegmentationModule(SegTask):
 
     def configure_losses(self) -> None:
         if self.loss_module is None:
-            self.loss_module = nn.CrossEntropyLoss(ignore_index=self.ignore_index)
+            from lightning_seg.losses import CrossEntropyLoss
+
+            self.loss_module = CrossEntropyLoss(ignore_index=self.ignore_index)
         self.criterion = self.loss_module
         del self.loss_module
 
@@ -102,6 +106,30 @@ class SemanticSegmentationModule(SegTask):
         avg = self.hparams.metric_average
         self.val_metrics = SemanticSegmentationMetrics(self.num_classes, self.ignore_index, average=avg)
         self.test_metrics = SemanticSegmentationMetrics(self.num_classes, self.ignore_index, average=avg)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.class_weighting != "none":
+            self.criterion.class_weights = self._dataset_class_weights().to(self.device)
+
+    def _dataset_class_weights(self) -> Tensor:
+        """Class weights from the training set's class maps (rank 0 counts, the others read)."""
+        from lightning_seg.losses import compute_class_weights
+
+        if not hasattr(self.criterion, "class_weights"):
+            raise ValueError(
+                f"model.class_weighting needs a loss with class_weights; {type(self.criterion).__name__} has none"
+            )
+        cache = Path(self.hparams.class_weights_cache or Path(self.trainer.default_root_dir) / "class_pixel_counts.json")
+        dataset = self.trainer.datamodule.datasets["train"]
+        # un-augmented maps: the frequencies of the data, not of one random crop of it
+        maps = (torch.from_numpy(dataset.load_record(i)["semantic"]) for i in range(len(dataset)))
+        method = self.hparams.class_weighting
+        if self.trainer.is_global_zero:
+            weights = compute_class_weights(maps, self.num_classes, method, self.ignore_index, cache)
+        self.trainer.strategy.barrier()
+        if not self.trainer.is_global_zero:
+            weights = compute_class_weights(iter(()), self.num_classes, method, self.ignore_index, cache)
+        return weights
 
     # --- training -------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
@@ -164,28 +192,14 @@ class SemanticSegmentationModule(SegTask):
         self.log_metric_dict("test", self.test_metrics.compute())
         self.test_metrics.reset()
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
-        """Class maps at each image's original size: ``[{"image_id", "semantic" int64 [H,W]}]``."""
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, list[Tensor]]:
+        """Class maps at each image's original size: ``{"semantic": [int64 [H0,W0], ...]}``."""
         prob = self.probabilities(batch["images"])
-        results = []
-        for img, p, t in zip(batch["images"], prob, batch["targets"]):
-            pred = crop_and_resize(p, t["image_size"], t["orig_size"]).argmax(0)
-            results.append({"image_id": t["image_id"], "semantic": pred})
-            if self.hparams.predict_dir:
-                h, w = t["image_size"]
-                self._write_prediction(t["image_id"], pred, img[:, :h, :w], p[:, :h, :w].argmax(0))
-        return results
-
-    def _write_prediction(self, image_id: Any, pred: Tensor, image: Tensor, pred_small: Tensor) -> None:
-        out = Path(self.hparams.predict_dir)
-        (out / "semantic").mkdir(parents=True, exist_ok=True)
-        (out / "overlays").mkdir(parents=True, exist_ok=True)
-        meta = getattr(getattr(self.trainer, "datamodule", None), "metadata", None)
-        ids = np.asarray(meta.category_ids if meta is not None else range(self.num_classes))
-        colors = meta.colors if meta is not None else None
-        cls_map = ids[pred.cpu().numpy()]
-        dtype = np.uint8 if cls_map.max(initial=0) < 256 else np.uint16
-        Image.fromarray(cls_map.astype(dtype)).save(out / "semantic" / f"{image_id}.png")
-        if colors is not None:
-            ov = overlay_semantic(to_numpy_uint8(image), pred_small, colors)
-            Image.fromarray(ov).save(out / "overlays" / f"{image_id}.png")
+        preds = {
+            "semantic": [
+                crop_and_resize(p, t["image_size"], t["orig_size"]).argmax(0)
+                for p, t in zip(prob, batch["targets"])
+            ]
+        }
+        self.write_predictions(batch, preds)
+        return preds
