@@ -130,7 +130,7 @@ class PanopticPrediction(TypedDict):
     segments_info: list[SegmentInfo]
 
 
-def _distinct_colors(n: int) -> list[tuple[int, int, int]]:
+def distinct_colors(n: int) -> list[tuple[int, int, int]]:
     """``n`` well-separated RGB colours (golden-ratio hue walk), deterministic."""
     colors = []
     for i in range(n):
@@ -177,7 +177,7 @@ class DatasetMetadata:
         if not self.is_thing:
             self.is_thing = [True] * k
         if not self.colors:
-            self.colors = _distinct_colors(k)
+            self.colors = distinct_colors(k)
         self.colors = [tuple(int(c) for c in col) for col in self.colors]  # type: ignore[misc]
         for name, value in (
             ("category_ids", self.category_ids),

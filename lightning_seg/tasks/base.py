@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 from lightning import LightningModule
+from PIL import Image
 from torch import Tensor, nn
 
 from lightning_seg.tasks.prediction_writer import PredictionWriter
@@ -52,6 +53,9 @@ class SegTask(LightningModule):
         freeze_backbone: keep ``model.backbone`` fixed (no gradients, eval-mode norms).
         predict_dir: where ``predict`` writes its files (COCO panoptic JSON + PNGs, COCO
             results JSON, PNG class maps, overlays); None: predictions are only returned.
+        num_overlays: at each validation, colour overlays of this many images of the first
+            batch are written to ``<log dir>/overlays/epoch_NNN/`` and sent to the logger
+            (TensorBoard or W&B); 0 disables them.
     """
 
     hparams_ignore: tuple[str, ...] = ()
@@ -77,6 +81,7 @@ class SegTask(LightningModule):
         init_from: str | None = None,
         freeze_backbone: bool = False,
         predict_dir: str | None = None,
+        num_overlays: int = 4,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -247,6 +252,32 @@ class SegTask(LightningModule):
             self.trainer.strategy.barrier()
             if self.trainer.is_global_zero:
                 PredictionWriter.merge_parts(Path(self.hparams.predict_dir), world)
+
+    def log_overlays(self, batch_idx: int, make: Any) -> None:
+        """Write and log validation overlays for the first batch of an epoch (rank 0).
+
+        Args:
+            batch_idx: the validation batch index (only batch 0 is drawn).
+            make: callable returning a list of (name, uint8 ``[H,W,3]``) overlays, called only
+                when overlays are due (so their cost is paid once per epoch).
+        """
+        n = self.hparams.num_overlays
+        if n <= 0 or batch_idx != 0 or not self.trainer.is_global_zero or self.trainer.sanity_checking:
+            return
+        images = make()[:n]
+        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        out = root / "overlays" / f"epoch_{self.current_epoch:03d}"
+        out.mkdir(parents=True, exist_ok=True)
+        for name, img in images:
+            Image.fromarray(img).save(out / f"{name}.png")
+        for logger in self.loggers:
+            exp = getattr(logger, "experiment", None)
+            if hasattr(exp, "add_image"):  # TensorBoard
+                for name, img in images:
+                    exp.add_image(f"val_overlay/{name}", img, self.global_step, dataformats="HWC")
+            elif hasattr(logger, "log_image"):  # W&B
+                logger.log_image("val_overlays", [img for _, img in images], step=self.global_step,
+                                 caption=[name for name, _ in images])
 
     def log_metric_dict(self, prefix: str, values: dict[str, Any], **kwargs: Any) -> None:
         """Log the scalar entries of a metric's ``compute()`` under ``prefix/``."""

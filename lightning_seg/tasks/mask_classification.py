@@ -18,7 +18,9 @@ from lightning_seg.losses.set_criterion import SetCriterion
 from lightning_seg.metrics.semantic import SemanticSegmentationMetrics
 from lightning_seg.ops import instance_inference, panoptic_inference, semantic_inference
 from lightning_seg.structures import Batch
+from lightning_seg.structures import distinct_colors
 from lightning_seg.tasks.base import SegTask
+from lightning_seg.visualization import overlay_panoptic, overlay_semantic, to_numpy_uint8
 
 Task = Literal["panoptic", "instance", "semantic"]
 
@@ -218,9 +220,10 @@ class MaskClassificationModule(SegTask):
             return {"panoptic", "instance", "semantic"} if hp.score_all_tasks else {"panoptic"}
         return {hp.task}
 
-    def _eval_step(self, batch: Batch, metrics: torch.nn.ModuleDict) -> None:
+    def _eval_step(self, batch: Batch, metrics: torch.nn.ModuleDict, batch_idx: int = -1) -> None:
         preds = self.predict_outputs(self.model(batch["images"]), batch, at_original_size=False)
         targets = batch["targets"]
+        self.log_overlays(batch_idx, lambda: self._overlays(batch, preds))
         if "pq" in metrics:
             metrics["pq"].update(preds["panoptic"], targets)
         if "sem" in metrics:
@@ -229,6 +232,22 @@ class MaskClassificationModule(SegTask):
                 metrics["sem"].update(p[None], t["semantic"][None, :h, :w])
         if "ap" in metrics:
             metrics["ap"].update(preds["instance"], self._ap_targets(targets))
+
+    def _overlays(self, batch: Batch, preds: dict[str, list]) -> list[tuple[str, Any]]:
+        """Panoptic (or semantic) colour overlays of the batch's images at their valid size."""
+        meta = getattr(getattr(self.trainer, "datamodule", None), "metadata", None)
+        colors = meta.colors if meta is not None else distinct_colors(self.num_classes)
+        out = []
+        for i, t in enumerate(batch["targets"]):
+            h, w = t["image_size"]
+            img = to_numpy_uint8(batch["images"][i, :, :h, :w])
+            if "panoptic" in preds:
+                p = preds["panoptic"][i]
+                labels = {int(s["id"]): int(s["category_id"]) for s in p["segments_info"]}
+                out.append((str(t["image_id"]), overlay_panoptic(img, p["panoptic_seg"], labels, colors)))
+            elif "semantic" in preds:
+                out.append((str(t["image_id"]), overlay_semantic(img, preds["semantic"][i], colors)))
+        return out
 
     @staticmethod
     def _ap_targets(targets: list) -> list[dict[str, Any]]:
@@ -241,7 +260,7 @@ class MaskClassificationModule(SegTask):
         return out
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics)
+        self._eval_step(batch, self.val_metrics, batch_idx)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics)

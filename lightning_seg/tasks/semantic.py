@@ -10,7 +10,9 @@ from torch import Tensor, nn
 
 from lightning_seg.metrics.semantic import SemanticSegmentationMetrics
 from lightning_seg.structures import Batch
+from lightning_seg.structures import distinct_colors
 from lightning_seg.tasks.base import SegTask
+from lightning_seg.visualization import overlay_semantic, to_numpy_uint8
 from lightning_seg.tasks.dense_inference import crop_and_resize, dense_probabilities
 
 
@@ -164,7 +166,7 @@ class SemanticSegmentationModule(SegTask):
             scales=hp.tta_scales or (1.0,), flip=hp.tta_flip,
         )
 
-    def _eval_step(self, batch: Batch, metrics: SemanticSegmentationMetrics, prefix: str) -> None:
+    def _eval_step(self, batch: Batch, metrics: SemanticSegmentationMetrics, prefix: str, batch_idx: int = -1) -> None:
         hp = self.hparams
         if hp.inference == "whole" and not hp.tta_flip and list(hp.tta_scales or [1.0]) == [1.0]:
             # plain inference: one forward gives both the loss and the prediction
@@ -177,9 +179,21 @@ class SemanticSegmentationModule(SegTask):
         for p, t in zip(pred, batch["targets"]):
             h, w = t["image_size"]
             metrics.update(p[None, :h, :w], t["semantic"][None, :h, :w])
+        self.log_overlays(batch_idx, lambda: self._overlays(batch, pred))
+
+    def _overlays(self, batch: Batch, pred: Tensor) -> list[tuple[str, Any]]:
+        """Class-map colour overlays of the batch's images at their valid size."""
+        meta = getattr(getattr(self.trainer, "datamodule", None), "metadata", None)
+        colors = meta.colors if meta is not None else distinct_colors(self.num_classes)
+        out = []
+        for i, t in enumerate(batch["targets"]):
+            h, w = t["image_size"]
+            img = to_numpy_uint8(batch["images"][i, :, :h, :w])
+            out.append((str(t["image_id"]), overlay_semantic(img, pred[i, :h, :w], colors)))
+        return out
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
+        self._eval_step(batch, self.val_metrics, "val", batch_idx)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")

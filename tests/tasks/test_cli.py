@@ -31,6 +31,8 @@ def test_cli_fast_dev_run(config, command, tmp_path):
     if command == "predict":
         args.append(f"--model.predict_dir={tmp_path / 'pred'}")
     main(args)
+    if command in ("fit", "validate"):
+        assert list((tmp_path / "overlays").rglob("*.png")), "no validation overlays written"
     if command == "predict":
         written = {p.relative_to(tmp_path / "pred").parts[0] for p in (tmp_path / "pred").rglob("*")}
         assert "overlays" in written
