@@ -265,7 +265,9 @@ class SegTask(LightningModule):
         if n <= 0 or batch_idx != 0 or not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return
         images = make()[:n]
-        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        # trainer.log_dir is a collective (a broadcast); only rank 0 is here, so ask the logger
+        log_dir = getattr(self.logger, "log_dir", None) if self.logger is not None else None
+        root = Path(log_dir or self.trainer.default_root_dir)
         out = root / "overlays" / f"epoch_{self.current_epoch:03d}"
         out.mkdir(parents=True, exist_ok=True)
         for name, img in images:
