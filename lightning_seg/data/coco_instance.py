@@ -9,7 +9,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from lightning_seg.data.base import Record, SegDataset, Transform, semantic_from_segments
-from lightning_seg.data.io import DatasetError, load_json, read_image, resolve_inside
+from lightning_seg.data.io import DatasetError, load_coco_json, read_image, resolve_inside
 from lightning_seg.structures import DatasetMetadata
 
 
@@ -74,11 +74,8 @@ class CocoInstanceDataset(SegDataset):
         super().__init__(transform)
         self.json_file = Path(json_file)
         self.image_dir = Path(image_dir)
-        data = load_json(self.json_file)
+        data = load_coco_json(self.json_file, "COCO")
         src = str(self.json_file)
-        for key in ("images", "annotations", "categories"):
-            if key not in data:
-                raise DatasetError(f"{src}: missing the '{key}' list of the COCO format")
         self.metadata = metadata or DatasetMetadata.from_coco_categories(data["categories"], src)
         anns_by_image: dict[Any, list[dict]] = {}
         images: dict[Any, dict] = {}

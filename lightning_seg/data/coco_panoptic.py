@@ -14,7 +14,7 @@ import numpy as np
 from lightning_seg.data.base import Record, SegDataset, Transform, semantic_from_segments
 from lightning_seg.data.io import (
     DatasetError,
-    load_json,
+    load_coco_json,
     read_image,
     read_panoptic_png,
     resolve_inside,
@@ -58,11 +58,8 @@ class CocoPanopticDataset(SegDataset):
         self.json_file = Path(json_file)
         self.image_dir = Path(image_dir)
         self.panoptic_dir = Path(panoptic_dir)
-        data = load_json(self.json_file)
+        data = load_coco_json(self.json_file, "COCO panoptic")
         src = str(self.json_file)
-        for key in ("images", "annotations", "categories"):
-            if key not in data:
-                raise DatasetError(f"{src}: missing the '{key}' list of the COCO panoptic format")
         self.metadata = metadata or DatasetMetadata.from_coco_categories(data["categories"], src)
         images = {}
         for img in data["images"]:

@@ -48,6 +48,15 @@ def load_json(path: str | Path) -> Any:
         raise DatasetError(f"{path}: not valid JSON ({e})") from e
 
 
+def load_coco_json(path: str | Path, format_name: str = "COCO") -> dict[str, Any]:
+    """Read a COCO-style JSON and check it has its ``images``, ``annotations`` and ``categories``."""
+    data = load_json(path)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data, dict) or key not in data:
+            raise DatasetError(f"{path}: missing the '{key}' list of the {format_name} format")
+    return data
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as RGB.
 
