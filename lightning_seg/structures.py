@@ -40,6 +40,11 @@ class Sample(TypedDict):
         semantic: int64 ``[H, W]`` class map, :data:`IGNORE_INDEX` for void.
         image_id: the dataset's image id (int for COCO-style sources, str for file stems).
         orig_size: ``(H0, W0)`` size of the image as stored on disk, before any transform.
+
+    ``masks`` and ``semantic`` have the image's size, except for evaluation samples of a
+    DataModule with ``eval_at_original_size`` (the default): there the evaluation transform
+    (e.g. a resize) applies to the image only and the targets stay at ``orig_size``, so metrics
+    are computed at the original resolution, as the COCO and ADE20K benchmarks define them.
     """
 
     image: torch.Tensor
@@ -63,7 +68,11 @@ class Target(TypedDict):
         semantic: int64 ``[Hp, Wp]`` (:data:`IGNORE_INDEX` in the padding).
         image_id: as in :class:`Sample`.
         orig_size: ``(H0, W0)`` size on disk.
-        image_size: ``(H, W)`` size after the transform, before padding.
+        image_size: ``(H, W)`` size of the image after the transform, before padding.
+        target_size: ``(Ht, Wt)`` size of ``masks``/``semantic`` before padding: the image size,
+            or ``orig_size`` for original-resolution evaluation targets. When a batch holds such
+            targets, masks and semantic maps are padded to the largest target size instead of
+            ``[Hp, Wp]``.
     """
 
     masks: torch.Tensor
@@ -74,6 +83,7 @@ class Target(TypedDict):
     image_id: int | str
     orig_size: tuple[int, int]
     image_size: tuple[int, int]
+    target_size: tuple[int, int]
 
 
 class Batch(TypedDict):
@@ -345,11 +355,16 @@ def collate(
     b = len(samples)
     images = torch.zeros(b, 3, hp, wp, dtype=torch.float32)
     pixel_mask = torch.zeros(b, hp, wp, dtype=torch.bool)
+    target_sizes = [tuple(s["semantic"].shape) for s in samples]
+    if target_sizes == sizes:
+        th, tw = hp, wp
+    else:  # original-resolution evaluation targets: padded among themselves
+        th, tw = max(h for h, _ in target_sizes), max(w for _, w in target_sizes)
     targets: list[Target] = []
-    for i, (s, (h, w)) in enumerate(zip(samples, sizes)):
+    for i, (s, (h, w), (ht, wt)) in enumerate(zip(samples, sizes, target_sizes)):
         images[i, :, :h, :w] = s["image"].float().div_(255.0)
         pixel_mask[i, :h, :w] = True
-        pad = (0, wp - w, 0, hp - h)
+        pad = (0, tw - wt, 0, th - ht)
         targets.append(
             Target(
                 masks=F.pad(s["masks"], pad, value=False),
@@ -360,6 +375,7 @@ def collate(
                 image_id=s["image_id"],
                 orig_size=tuple(s["orig_size"]),  # type: ignore[typeddict-item]
                 image_size=(h, w),
+                target_size=(ht, wt),
             )
         )
     return Batch(images=images, pixel_mask=pixel_mask, targets=targets)

@@ -81,6 +81,21 @@ def overlay_panoptic(
     return out.astype(np.uint8)
 
 
+def valid_image(image: Tensor, image_size: Sequence[int], out_size: Sequence[int] | None = None) -> np.ndarray:
+    """A padded batch image cropped to its valid region, resized to ``out_size``, as uint8 ``[H,W,3]``.
+
+    Args:
+        image: float ``[3,Hp,Wp]`` in ``[0,1]`` (one image of a batch).
+        image_size: ``(h, w)`` valid region.
+        out_size: size of the predictions to overlay (default: ``image_size``).
+    """
+    h, w = image_size
+    img = image[:, :h, :w]
+    if out_size is not None and tuple(out_size) != (h, w):
+        img = torch.nn.functional.interpolate(img[None], size=tuple(out_size), mode="bilinear", align_corners=False)[0]
+    return to_numpy_uint8(img)
+
+
 def to_numpy_uint8(x: Tensor) -> np.ndarray:
     """A CPU uint8 numpy copy of an image tensor in ``[0,1]`` float or uint8, ``[3,H,W]`` → ``[H,W,3]``."""
     if x.dtype != torch.uint8:

@@ -35,6 +35,9 @@ class SegDataModule(LightningDataModule):
         eval_augmentation: the same for validation/test/predict (usually ``resize`` or None).
         size_divisibility: batches are padded to a multiple of this.
         pin_memory: pin host memory in the loaders (useful on GPU).
+        eval_at_original_size: the evaluation augmentation transforms the image only; targets
+            keep their original resolution and predictions are scored there (the COCO and
+            ADE20K protocols). With False, targets are resized with the image.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class SegDataModule(LightningDataModule):
         eval_augmentation: AugmentationSpec = None,
         size_divisibility: int = 32,
         pin_memory: bool = False,
+        eval_at_original_size: bool = True,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -59,6 +63,7 @@ class SegDataModule(LightningDataModule):
         self.eval_augmentation = eval_augmentation
         self.size_divisibility = size_divisibility
         self.pin_memory = pin_memory
+        self.eval_at_original_size = eval_at_original_size
         self.datasets: dict[str, Dataset] = {}
 
     # --- what a concrete source provides -------------------------------------------------
@@ -97,8 +102,10 @@ class SegDataModule(LightningDataModule):
         }.get(stage or "", ("train", "val", "test", "predict"))
         for split in splits:
             if split not in self.datasets:
-                spec = self.train_augmentation if split == "train" else self.eval_augmentation
-                self.datasets[split] = self.build_dataset(split, build_augmentation(spec, self.image_size))
+                train = split == "train"
+                spec = self.train_augmentation if train else self.eval_augmentation
+                aug = build_augmentation(spec, self.image_size, image_only=not train and self.eval_at_original_size)
+                self.datasets[split] = self.build_dataset(split, aug)
 
     def _loader(self, split: Split) -> DataLoader:
         if split not in self.datasets:

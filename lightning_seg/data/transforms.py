@@ -214,10 +214,13 @@ class Augmentation:
 
     Args:
         transforms: albumentations transforms, applied in order.
+        image_only: transform the image alone and keep the targets as they are (evaluation at
+            the original resolution).
     """
 
-    def __init__(self, transforms: Sequence[A.BasicTransform]) -> None:
+    def __init__(self, transforms: Sequence[A.BasicTransform], image_only: bool = False) -> None:
         self.transforms = list(transforms)
+        self.image_only = image_only
         self.pipeline = A.Compose(self.transforms, additional_targets={"semantic": "mask"})
 
     def __repr__(self) -> str:
@@ -226,6 +229,8 @@ class Augmentation:
     def __call__(self, record: Record) -> Record:
         if not self.transforms:
             return record
+        if self.image_only:
+            return Record(**{**record, "image": self.pipeline(image=record["image"])["image"]})  # type: ignore[typeddict-item]
         semantic = record["semantic"]
         # Shift so that albumentations' zero fill means void (see the module docstring).
         shifted = np.where(semantic == IGNORE_INDEX, 0, semantic + 1).astype(np.uint8)
@@ -256,15 +261,16 @@ class Augmentation:
         )
 
 
-def build_augmentation(spec: AugmentationSpec, size: int = 512) -> Augmentation:
+def build_augmentation(spec: AugmentationSpec, size: int = 512, image_only: bool = False) -> Augmentation:
     """An :class:`Augmentation` from a preset name, a list of ``{"type": ...}`` specs, or None.
 
     Args:
         spec: preset name (see :func:`preset`), list of spec dicts, or None (no augmentation).
         size: the crop/resize size the presets use.
+        image_only: see :class:`Augmentation`.
     """
     if spec is None:
         return Augmentation([])
     if isinstance(spec, str):
-        return Augmentation(preset(spec, size))
-    return Augmentation([transform_from_spec(s) for s in spec])
+        return Augmentation(preset(spec, size), image_only)
+    return Augmentation([transform_from_spec(s) for s in spec], image_only)

@@ -42,7 +42,8 @@ class CrossEntropyLoss(nn.Module):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
-        self.register_buffer("class_weights", resolve_class_weights(class_weights, class_weight_method), persistent=False)
+        weights = resolve_class_weights(class_weights, class_weight_method)
+        self.register_buffer("class_weights", weights, persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Logits float ``[B, K, H, W]``, target int64 ``[B, H, W]`` -> scalar loss."""

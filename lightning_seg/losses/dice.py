@@ -26,7 +26,8 @@ class DiceLoss(nn.Module):
     Shapes: logits float ``[B, K, H, W]``, target int64 ``[B, H, W]`` -> float scalar.
     """
 
-    def __init__(self, smooth: float = 1.0, exponent: int = 1, per_image: bool = False, ignore_index: int = 255) -> None:
+    def __init__(self, smooth: float = 1.0, exponent: int = 1, per_image: bool = False,
+                 ignore_index: int = 255) -> None:
         super().__init__()
         if smooth < 0 or exponent not in (1, 2):
             raise ValueError(f"DiceLoss needs smooth >= 0 and exponent 1 or 2, got {smooth}, {exponent}")

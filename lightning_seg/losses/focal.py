@@ -26,7 +26,8 @@ class FocalLoss(nn.Module):
     Shapes: logits float ``[B, K, H, W]``, target int64 ``[B, H, W]`` -> float scalar.
     """
 
-    def __init__(self, gamma: float = 2.0, alpha: float | Sequence[float] | None = None, ignore_index: int = 255) -> None:
+    def __init__(self, gamma: float = 2.0, alpha: float | Sequence[float] | None = None,
+                 ignore_index: int = 255) -> None:
         super().__init__()
         if gamma < 0:
             raise ValueError(f"FocalLoss gamma must be >= 0, got {gamma}")

@@ -79,7 +79,8 @@ class OhemCrossEntropyLoss(nn.Module):
         self.threshold = threshold
         self.min_kept = min_kept
         self.ignore_index = ignore_index
-        self.register_buffer("class_weights", resolve_class_weights(class_weights, class_weight_method), persistent=False)
+        weights = resolve_class_weights(class_weights, class_weight_method)
+        self.register_buffer("class_weights", weights, persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Logits float ``[B, K, H, W]``, target int64 ``[B, H, W]`` -> scalar loss."""

@@ -71,7 +71,8 @@ class SetCriterion(nn.Module):
         oversample_ratio: PointRend oversampling before choosing uncertain points.
         importance_sample_ratio: share of points chosen by uncertainty.
         variant: ``"mask2former"`` (BCE + dice on sampled points) or ``"maskformer"``
-            (focal + dice on every target pixel).
+            (focal + dice on every target pixel; its matcher upsamples every query's mask to
+            the target size, ``[B, Q, H, W]`` float32, so keep targets modest).
         focal_alpha, focal_gamma: focal-loss parameters of the MaskFormer variant.
         solver: assignment solver, see :func:`lightning_seg.ops.hungarian_match`.
 

@@ -132,8 +132,8 @@ class PanopticQuality(Metric):
     """Panoptic quality with crowd and void handled as COCO's ``pq_compute`` does.
 
     State: per-class IoU sums and TP / FP / FN counts (``[K]`` each), summed across processes.
-    ``update`` works on the inputs' device with one ``torch.unique`` per batch and no loop over
-    segments or pixels.
+    ``update`` works on the inputs' device with one histogram of (gt, pred) pair keys per batch
+    and no loop over segments or pixels.
 
     Args:
         is_thing: per contiguous class, whether it is a thing (length ``K``).
@@ -184,9 +184,9 @@ class PanopticQuality(Metric):
         pred_seg = to_panoptic_segments(preds, self.is_thing, validate=self.validate_args)
         sizes = _prediction_sizes(preds)
         gt_seg = to_panoptic_segments(target, self.is_thing, sizes=sizes, validate=self.validate_args)
-        if self.validate_args and pred_seg.num_segments:
-            if bool(((pred_seg.labels < 0) | (pred_seg.labels >= self.num_classes)).any()):
-                raise ValueError(f"predicted class ids outside [0, {self.num_classes})")
+        if self.validate_args:
+            _check_labels(pred_seg, self.num_classes, "predicted")
+            _check_labels(gt_seg, self.num_classes, "ground-truth")
         iou_sum, tp, fp, fn = panoptic_quality_stats(gt_seg, pred_seg, self.num_classes)
         self.iou_sum += iou_sum
         self.tp += tp
@@ -221,6 +221,14 @@ class PanopticQuality(Metric):
             for k in range(self.num_classes)
         }
         return out
+
+
+def _check_labels(segments: PanopticSegments, num_classes: int, side: str) -> None:
+    """Raise when a segment's class id is outside ``[0, K)`` (one host sync)."""
+    labels = segments.labels
+    if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
+        bad = torch.unique(labels[(labels < 0) | (labels >= num_classes)])[:10].tolist()
+        raise ValueError(f"{side} class ids {bad} are outside [0, {num_classes})")
 
 
 def _prediction_sizes(preds: Any) -> list[tuple[int, int]] | None:

@@ -5,7 +5,8 @@ Every panoptic input form (the prediction contract, a batch ``Target``, an id ma
 :class:`PanopticSegments`: the pixels of all images of a batch, flattened and concatenated,
 each holding the index of its segment in a batch-wide segment list (or -1 for void).
 Two such objects built from the same images in the same order line up pixel for pixel, so
-(ground truth segment, predicted segment) pairs are found with one ``torch.unique``.
+(ground truth segment, predicted segment) pairs are counted with one histogram of pair keys
+(or one ``torch.unique`` when the key range is too large for a histogram).
 """
 
 from __future__ import annotations
@@ -134,8 +135,8 @@ def segments_from_category_instance(
     k2 = num_classes + 2
     n_keys = b * k2 * span
     offset = (torch.arange(b, device=device) * (k2 * span) + span)[:, None]
-    key = category.reshape(b, h * w).long().clamp(-1, num_classes).mul_(span)
-    key = key.add_(instance.reshape(b, h * w)).add_(offset).reshape(-1)
+    clamped = category.reshape(b, h * w).long().clamp(-1, num_classes)
+    key = torch.add(instance.reshape(b, h * w).long(), clamped, alpha=span).add_(offset).reshape(-1)
     if n_keys <= max(4 * key.numel(), 1 << 16):
         # Dense key range: a histogram finds the keys in one pass (no sort).
         present_keys = torch.nonzero(_count_keys(key, n_keys)).flatten()
@@ -376,7 +377,7 @@ class SegmentPairs:
 
 
 def segment_pairs(gt: PanopticSegments, pred: PanopticSegments) -> SegmentPairs:
-    """Intersect two segmentations of the same images with one ``torch.unique`` over pair keys.
+    """Intersect two segmentations of the same images by counting (gt, pred) pair keys.
 
     Args:
         gt: ground-truth segments.
@@ -391,7 +392,7 @@ def segment_pairs(gt: PanopticSegments, pred: PanopticSegments) -> SegmentPairs:
             f"prediction {list(pred.image_numel)}, ground truth {list(gt.image_numel)})"
         )
     n_pred = pred.num_segments + 1
-    key = (gt.index + 1) * n_pred + (pred.index + 1)
+    key = torch.add(pred.index, gt.index, alpha=n_pred).add_(n_pred + 1)
     keys, counts, _ = unique_keys(key, (gt.num_segments + 1) * n_pred)
     pair_gt = keys // n_pred
     pair_pred = keys % n_pred

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-from lightning_seg.metrics.panoptic_quality import _prediction_sizes
+from lightning_seg.metrics.panoptic_quality import _check_labels, _prediction_sizes
 from lightning_seg.metrics.panoptic_segments import (
     PanopticSegments,
     segment_pairs,
@@ -111,6 +111,9 @@ class ParsingCovering(Metric):
         gt_seg = to_panoptic_segments(
             target, self.is_thing, sizes=_prediction_sizes(preds), validate=self.validate_args
         )
+        if self.validate_args:
+            _check_labels(pred_seg, self.num_classes, "predicted")
+            _check_labels(gt_seg, self.num_classes, "ground-truth")
         weighted, total = parsing_covering_stats(
             gt_seg, pred_seg, self.num_classes, self.normalize_by_image_size
         )

@@ -117,8 +117,10 @@ class Backbone(nn.Module):
         self.source = source
         # Not persistent: the state dict stays identical to the wrapped model's, so weights
         # converted from timm / torchvision checkpoints load without extra keys.
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        mean = torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
         self._nhwc = False
         if source == "timm":
             self._build_timm(name, out_indices, output_stride, pretrained, min_stride, timm_kwargs)
@@ -233,7 +235,8 @@ class Backbone(nn.Module):
             missing = [k for k in missing if not k.startswith("fc.")]
             unexpected = [k for k in unexpected if not k.startswith("fc.")]
             if missing or unexpected:
-                raise ValueError(f"{path}: not a {name} state dict (missing {missing[:5]}, unexpected {unexpected[:5]})")
+                raise ValueError(f"{path}: not a {name} state dict "
+                                 f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
         del model.fc, model.avgpool
         self.model = model
         expansion = 1 if name in ("resnet18", "resnet34") else 4

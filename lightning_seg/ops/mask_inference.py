@@ -18,7 +18,14 @@ from collections.abc import Sequence
 import torch
 
 from ..structures import InstancePrediction, PanopticPrediction, SegmentInfo
-from .mask_resize import ResizeTaps, resize_height, resize_taps, resize_width, row_bands
+from .mask_resize import (
+    ResizeTaps,
+    resize_height,
+    resize_height_channels_last,
+    resize_taps,
+    resize_width,
+    row_bands,
+)
 
 __all__ = ["semantic_inference", "instance_inference", "panoptic_inference", "thing_mask"]
 
@@ -151,6 +158,10 @@ def instance_inference(
         keep = thing_mask(thing_classes, k, pred_logits.device)[labels]
     else:
         keep = torch.ones_like(labels, dtype=torch.bool)
+    if score_threshold is not None:
+        # The mask score is at most 1, so a pair whose class score is already below the
+        # threshold can be dropped before its mask is upsampled.
+        keep &= cls_scores >= score_threshold
     results: list[InstancePrediction] = []
     for i in range(b):
         sel = keep[i]
@@ -242,13 +253,14 @@ def panoptic_inference(
         mask_area = torch.zeros(n, dtype=torch.long, device=dev)
         orig_area = torch.zeros(n, dtype=torch.long, device=dev)
         final_area = torch.zeros(n, dtype=torch.long, device=dev)
-        wide = resize_width(chosen, tx)
+        # Queries innermost, so the per-pixel argmax over queries reads contiguous memory.
+        wide = resize_width(chosen, tx).permute(1, 2, 0).contiguous()  # [h, W0, n]
         for rows in row_bands(h0, 2 * n * w0, band_budget):
-            prob = resize_height(wide, ty, rows).sigmoid_()  # [n, r, W0]
-            win = (prob * sc.view(-1, 1, 1)).argmax(0)
-            conf = torch.gather(prob, 0, win[None])[0] >= 0.5
+            prob = resize_height_channels_last(wide, ty, rows).sigmoid_()  # [r, W0, n]
+            win = (prob * sc).argmax(-1)
+            conf = torch.gather(prob, -1, win[..., None])[..., 0] >= 0.5
             winner[rows], confident[rows] = win, conf
-            orig_area += (prob >= 0.5).flatten(1).sum(1)
+            orig_area += (prob >= 0.5).view(-1, n).sum(0)
             mask_area += torch.bincount(win.flatten(), minlength=n)
             final_area += torch.bincount(win[conf], minlength=n)
         accepted = (mask_area > 0) & (orig_area > 0) & (final_area > 0)

@@ -12,12 +12,21 @@ only the input rows the band touches. Nothing of size ``[Q, H_orig, W_orig]`` ha
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ResizeTaps", "resize_taps", "resize_width", "resize_height", "resize_rows", "row_bands"]
+__all__ = [
+    "ResizeTaps",
+    "resize_taps",
+    "resize_width",
+    "resize_height",
+    "resize_height_channels_last",
+    "resize_rows",
+    "row_bands",
+]
 
 
 class ResizeTaps(NamedTuple):
@@ -61,6 +70,13 @@ def resize_taps(
             f"resize_taps: need 0 < valid_size ({valid}) <= padded_size ({mid}) and positive "
             f"in_size ({in_size}) / out_size ({out_size})"
         )
+    matrix, first, last = _host_taps(in_size, out_size, mid, valid)
+    return ResizeTaps(matrix.to(device), first, last)
+
+
+@lru_cache(maxsize=256)
+def _host_taps(in_size: int, out_size: int, mid: int, valid: int) -> tuple[torch.Tensor, list[int], list[int]]:
+    """CPU matrix and spans, cached: a dataset has few distinct (padded, image, original) sizes."""
     eye = torch.eye(in_size, dtype=torch.float64).unsqueeze(1)  # [in, 1, in]
     x = eye if mid == in_size else F.interpolate(eye, size=mid, mode="linear", align_corners=False)
     x = x[..., :valid]
@@ -71,7 +87,7 @@ def resize_taps(
     cols = torch.arange(in_size).expand_as(m)
     first = torch.where(nz, cols, in_size).amin(1).tolist()
     last = torch.where(nz, cols, -1).amax(1).tolist()
-    return ResizeTaps(m.float().to(device), first, last)
+    return m.float(), first, last
 
 
 def resize_width(x: torch.Tensor, taps_x: ResizeTaps) -> torch.Tensor:
@@ -89,6 +105,20 @@ def resize_height(xw: torch.Tensor, taps_y: ResizeTaps, rows: slice) -> torch.Te
     lo = min(taps_y.first[start:stop])
     hi = max(taps_y.last[start:stop]) + 1
     return torch.matmul(taps_y.matrix[start:stop, lo:hi], xw[:, lo:hi])
+
+
+def resize_height_channels_last(xw: torch.Tensor, taps_y: ResizeTaps, rows: slice) -> torch.Tensor:
+    """Like :func:`resize_height` for channels-last input: float ``[h, W, N]`` -> ``[r, W, N]``.
+
+    Keeping the mask index innermost makes per-pixel reductions over masks (argmax) run over
+    contiguous memory.
+    """
+    start, stop, _ = rows.indices(taps_y.matrix.shape[0])
+    lo = min(taps_y.first[start:stop])
+    hi = max(taps_y.last[start:stop]) + 1
+    h, w, n = xw.shape
+    band = taps_y.matrix[start:stop, lo:hi] @ xw[lo:hi].reshape(hi - lo, w * n)
+    return band.view(stop - start, w, n)
 
 
 def resize_rows(

@@ -35,7 +35,7 @@ class MatrixNMSResult(NamedTuple):
     valid: torch.Tensor
 
 
-def mask_iou_matrix(masks: torch.Tensor, chunk_pixels: int = 1 << 16) -> torch.Tensor:
+def mask_iou_matrix(masks: torch.Tensor, chunk_pixels: int = 1 << 14) -> torch.Tensor:
     """Pairwise IoU of binary masks by chunked matrix products.
 
     Args:
@@ -70,7 +70,7 @@ def matrix_nms(
     pre_nms_topk: int | None = None,
     score_threshold: float = 0.0,
     max_detections: int | None = None,
-    chunk_pixels: int = 1 << 16,
+    chunk_pixels: int = 1 << 14,
 ) -> MatrixNMSResult:
     """Matrix NMS of a padded batch of scored binary masks.
 

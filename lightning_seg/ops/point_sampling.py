@@ -45,13 +45,16 @@ def point_sample(values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 def point_sample_binary(
-    masks: torch.Tensor, points: torch.Tensor, rows: torch.Tensor | None = None
+    masks: torch.Tensor,
+    points: torch.Tensor,
+    rows: torch.Tensor | None = None,
+    chunk_elements: int = 1 << 24,
 ) -> torch.Tensor:
-    """Bilinearly sample binary masks at normalised points without converting them to float.
+    """Bilinearly sample binary masks at normalised points, converting only a chunk at a time.
 
-    Equals :func:`point_sample` on ``masks.float()`` (zeros outside the map) but reads the four
-    neighbours of each point straight from the (uint8 view of the) bool tensor, so a stack of
-    full-resolution target masks never exists as floats.
+    Equals :func:`point_sample` on ``masks.float()`` (zeros outside the map), but only
+    ``chunk_elements`` mask pixels exist as floats at any time, so a ``[B, T, Hp, Wp]`` stack
+    of full-resolution target masks is never converted whole.
 
     Two layouts:
 
@@ -64,6 +67,7 @@ def point_sample_binary(
         masks: bool ``[G, R, H, W]`` or ``[N, H, W]``.
         points: float ``[G, P, 2]`` normalised ``(x, y)``.
         rows: int64 ``[G, R]`` indices into ``masks`` for the second layout.
+        chunk_elements: mask pixels converted to float at once.
 
     Returns:
         float32 ``[G, R, P]`` sampled values in ``[0, 1]``.
@@ -85,41 +89,17 @@ def point_sample_binary(
             )
         _, h, w = masks.shape
         g, r = rows.shape
-    # A uint8 gather is several times faster on CPU than bool advanced indexing.
-    data = masks.view(torch.uint8)
+    out = torch.empty((g, r, points.shape[1]), dtype=torch.float32, device=points.device)
+    if out.numel() == 0:
+        return out
+    step = max(1, chunk_elements // max(r * h * w, 1))
     pts = points.float()
-    # align_corners=False: pixel centres sit at (i + 0.5) / size. Per axis, the two neighbours'
-    # clamped indices and weights (zero for a neighbour outside the map: zeros padding).
-    cx, wx = _axis_neighbours(pts[..., 0], w)
-    cy, wy = _axis_neighbours(pts[..., 1], h)
-    cy = [c * w for c in cy]
-    if rows is None:
-        data = data.reshape(g, r, h * w)
-    else:
-        data = data.reshape(-1)
-        base = rows.long() * (h * w)  # [G, R]
-    out = torch.zeros((g, r, points.shape[1]), dtype=torch.float32, device=points.device)
-    for oy, wgt_y in zip(cy, wy):
-        for ox, wgt_x in zip(cx, wx):
-            lin = oy + ox  # [G, P]
-            if rows is None:
-                # The same pixel index for every mask of a group: an expanded (copy-free) index.
-                hit = torch.gather(data, 2, lin.unsqueeze(1).expand(g, r, -1))
-            else:
-                hit = torch.gather(data, 0, (base.unsqueeze(-1) + lin.unsqueeze(1)).reshape(-1)).view(out.shape)
-            out.addcmul_(hit, (wgt_y * wgt_x).unsqueeze(1))
+    for s in range(0, g, step):
+        e = min(s + step, g)
+        # The R masks of a group share its points, so they ride along as channels.
+        block = masks[s:e] if rows is None else masks[rows[s:e].reshape(-1)].view(e - s, r, h, w)
+        out[s:e] = point_sample(block.float(), pts[s:e])
     return out
-
-
-def _axis_neighbours(coord: torch.Tensor, size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Clamped indices and bilinear weights of the two neighbours along one axis."""
-    pos = coord * size - 0.5
-    lo = torch.floor(pos)
-    frac = pos - lo
-    lo = lo.long()
-    hi = lo + 1
-    weights = [(1.0 - frac) * ((lo >= 0) & (lo < size)), frac * ((hi >= 0) & (hi < size))]
-    return [lo.clamp(0, size - 1), hi.clamp(0, size - 1)], weights
 
 
 def uncertainty_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -168,7 +148,8 @@ def sample_points_by_uncertainty(
     with torch.no_grad():
         candidates = torch.rand(n, num_sampled, 2, device=logits.device)
         point_logits = point_sample(logits.detach().float(), candidates)
-        idx = torch.topk(uncertainty_from_logits(point_logits), k=num_uncertain, dim=1)[1]
+        # The chosen set, not its order, matters: the losses average over points.
+        idx = torch.topk(uncertainty_from_logits(point_logits), k=num_uncertain, dim=1, sorted=False)[1]
         chosen = torch.gather(candidates, 1, idx.unsqueeze(-1).expand(-1, -1, 2))
         if num_random > 0:
             chosen = torch.cat([chosen, torch.rand(n, num_random, 2, device=logits.device)], dim=1)

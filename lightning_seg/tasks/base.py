@@ -181,11 +181,14 @@ class SegTask(LightningModule):
         """Optimiser groups: (backbone | rest) × (decay | no decay)."""
         hp = self.hparams
         groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        # models may name their own norm/embedding parameters (Mask2Former does)
+        named = getattr(self.model, "no_weight_decay_parameter_names", None)
+        model_no_decay = {f"model.{n}" for n in named()} if callable(named) else set()
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             backbone = name.startswith("model.backbone.")
-            no_decay = p.ndim <= 1 or any(k in name for k in NO_DECAY_KEYWORDS)
+            no_decay = p.ndim <= 1 or name in model_no_decay or any(k in name for k in NO_DECAY_KEYWORDS)
             groups.setdefault((backbone, no_decay), []).append(p)
         out = []
         for (backbone, no_decay), params in groups.items():

@@ -20,7 +20,7 @@ from lightning_seg.ops import instance_inference, panoptic_inference, semantic_i
 from lightning_seg.structures import Batch
 from lightning_seg.structures import distinct_colors
 from lightning_seg.tasks.base import SegTask
-from lightning_seg.visualization import overlay_panoptic, overlay_semantic, to_numpy_uint8
+from lightning_seg.visualization import overlay_panoptic, overlay_semantic, valid_image
 
 Task = Literal["panoptic", "instance", "semantic"]
 
@@ -186,8 +186,9 @@ class MaskClassificationModule(SegTask):
         Args:
             outputs: the model's outputs.
             batch: the batch (sizes come from its targets).
-            at_original_size: resize predictions to ``orig_size`` (predict) or keep the
-                transformed size of the targets (validation).
+            at_original_size: predictions at ``orig_size`` (predict) or at the targets' size
+                ``target_size`` (validation: the original size too, unless the targets were
+                resized with the image).
 
         Returns:
             dict with ``panoptic`` / ``instance`` / ``semantic`` lists of per-image predictions.
@@ -196,7 +197,8 @@ class MaskClassificationModule(SegTask):
         logits, masks = outputs["pred_logits"], outputs["pred_masks"]
         padded = tuple(batch["images"].shape[-2:])
         image_sizes = [tuple(t["image_size"]) for t in batch["targets"]]
-        out_sizes = [tuple(t["orig_size"]) for t in batch["targets"]] if at_original_size else image_sizes
+        key = "orig_size" if at_original_size else "target_size"
+        out_sizes = [tuple(t[key]) for t in batch["targets"]]
         sizes = dict(padded_size=padded, image_sizes=image_sizes, orig_sizes=out_sizes)
         need = self._needed_outputs()
         result: dict[str, list] = {}
@@ -228,7 +230,7 @@ class MaskClassificationModule(SegTask):
             metrics["pq"].update(preds["panoptic"], targets)
         if "sem" in metrics:
             for p, t in zip(preds["semantic"], targets):
-                h, w = t["image_size"]
+                h, w = t["target_size"]
                 metrics["sem"].update(p[None], t["semantic"][None, :h, :w])
         if "ap" in metrics:
             metrics["ap"].update(preds["instance"], self._ap_targets(targets))
@@ -239,8 +241,7 @@ class MaskClassificationModule(SegTask):
         colors = meta.colors if meta is not None else distinct_colors(self.num_classes)
         out = []
         for i, t in enumerate(batch["targets"]):
-            h, w = t["image_size"]
-            img = to_numpy_uint8(batch["images"][i, :, :h, :w])
+            img = valid_image(batch["images"][i], t["image_size"], t["target_size"])
             if "panoptic" in preds:
                 p = preds["panoptic"][i]
                 labels = {int(s["id"]): int(s["category_id"]) for s in p["segments_info"]}
@@ -254,7 +255,7 @@ class MaskClassificationModule(SegTask):
         """Ground truth for mask AP: thing segments cropped to the unpadded size, crowd kept."""
         out = []
         for t in targets:
-            h, w = t["image_size"]
+            h, w = t["target_size"]
             keep = t["is_thing"]
             out.append({"masks": t["masks"][keep][:, :h, :w], "labels": t["labels"][keep], "iscrowd": t["iscrowd"][keep]})
         return out

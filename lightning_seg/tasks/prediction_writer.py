@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from lightning_seg.evaluation.panoptic_io import prediction_to_coco_panoptic
 from lightning_seg.evaluation.semantic_io import write_class_png
 from lightning_seg.metrics.rle import masks_to_coco_rles
 from lightning_seg.structures import Batch, DatasetMetadata
-from lightning_seg.visualization import overlay_panoptic, overlay_semantic, to_numpy_uint8
+from lightning_seg.visualization import overlay_panoptic, overlay_semantic, valid_image
 
 JSON_NAMES = {"panoptic": "panoptic.json", "instance": "instances_results.json"}
 
@@ -60,14 +59,6 @@ class PredictionWriter:
         self.entries: dict[str, list[dict[str, Any]]] = {"panoptic": [], "instance": []}
         self.kinds: set[str] = set()
 
-    def _image(self, batch: Batch, i: int, size: tuple[int, int]) -> torch.Tensor:
-        """float ``[3,H0,W0]``: the batch image cropped to its valid region, at ``size``."""
-        h, w = batch["targets"][i]["image_size"]
-        img = batch["images"][i, :, :h, :w]
-        if (h, w) != tuple(size):
-            img = F.interpolate(img[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
-        return img
-
     def write_batch(self, batch: Batch, preds: dict[str, list]) -> None:
         """Write the PNGs of one batch and keep its JSON entries."""
         self.kinds |= set(preds) & set(JSON_NAMES)
@@ -84,7 +75,7 @@ class PredictionWriter:
                 self.entries["panoptic"].append(ann)
                 if self.overlays:
                     labels = {int(s["id"]): int(s["category_id"]) for s in p["segments_info"]}
-                    img = to_numpy_uint8(self._image(batch, i, tuple(p["panoptic_seg"].shape)))
+                    img = valid_image(batch["images"][i], t["image_size"], p["panoptic_seg"].shape)
                     Image.fromarray(overlay_panoptic(img, p["panoptic_seg"], labels, self.metadata.colors)).save(
                         ov_dir / f"{stem}.png"
                     )
@@ -107,7 +98,7 @@ class PredictionWriter:
                 (self.out_dir / "semantic").mkdir(parents=True, exist_ok=True)
                 write_class_png(self.out_dir / "semantic" / f"{stem}.png", sem, reduce_zero_label=self.reduce_zero_label)
                 if self.overlays and "panoptic" not in preds:
-                    img = to_numpy_uint8(self._image(batch, i, tuple(sem.shape)))
+                    img = valid_image(batch["images"][i], t["image_size"], sem.shape)
                     Image.fromarray(overlay_semantic(img, sem, self.metadata.colors)).save(ov_dir / f"{stem}.png")
 
     def finish(self, rank: int = 0, world_size: int = 1) -> None:

@@ -12,7 +12,7 @@ from lightning_seg.metrics.semantic import SemanticSegmentationMetrics
 from lightning_seg.structures import Batch
 from lightning_seg.structures import distinct_colors
 from lightning_seg.tasks.base import SegTask
-from lightning_seg.visualization import overlay_semantic, to_numpy_uint8
+from lightning_seg.visualization import overlay_semantic, valid_image
 from lightning_seg.tasks.dense_inference import crop_and_resize, dense_probabilities
 
 
@@ -168,29 +168,32 @@ class SemanticSegmentationModule(SegTask):
 
     def _eval_step(self, batch: Batch, metrics: SemanticSegmentationMetrics, prefix: str, batch_idx: int = -1) -> None:
         hp = self.hparams
+        targets = batch["targets"]
+        same_size = all(tuple(t["target_size"]) == tuple(t["image_size"]) for t in targets)
         if hp.inference == "whole" and not hp.tta_flip and list(hp.tta_scales or [1.0]) == [1.0]:
-            # plain inference: one forward gives both the loss and the prediction
+            # plain inference: one forward gives the prediction (and the loss when sizes agree)
             logits = self.forward(batch["images"])
-            target = torch.stack([t["semantic"] for t in batch["targets"]])
-            self.log(f"{prefix}/loss", self.criterion(logits, target), batch_size=len(target))
-            pred = logits.argmax(1)
+            if same_size:
+                target = torch.stack([t["semantic"] for t in targets])
+                self.log(f"{prefix}/loss", self.criterion(logits, target), batch_size=len(targets))
         else:
-            pred = self.probabilities(batch["images"]).argmax(1)
-        for p, t in zip(pred, batch["targets"]):
-            h, w = t["image_size"]
-            metrics.update(p[None, :h, :w], t["semantic"][None, :h, :w])
-        self.log_overlays(batch_idx, lambda: self._overlays(batch, pred))
+            logits = self.probabilities(batch["images"])
+        preds = []
+        for p, t in zip(logits, targets):
+            h, w = t["target_size"]
+            pred = crop_and_resize(p, t["image_size"], (h, w)).argmax(0)
+            metrics.update(pred[None], t["semantic"][None, :h, :w])
+            preds.append(pred)
+        self.log_overlays(batch_idx, lambda: self._overlays(batch, preds))
 
-    def _overlays(self, batch: Batch, pred: Tensor) -> list[tuple[str, Any]]:
-        """Class-map colour overlays of the batch's images at their valid size."""
+    def _overlays(self, batch: Batch, preds: list[Tensor]) -> list[tuple[str, Any]]:
+        """Class-map colour overlays of the batch's images at the predictions' size."""
         meta = getattr(getattr(self.trainer, "datamodule", None), "metadata", None)
         colors = meta.colors if meta is not None else distinct_colors(self.num_classes)
-        out = []
-        for i, t in enumerate(batch["targets"]):
-            h, w = t["image_size"]
-            img = to_numpy_uint8(batch["images"][i, :, :h, :w])
-            out.append((str(t["image_id"]), overlay_semantic(img, pred[i, :h, :w], colors)))
-        return out
+        return [
+            (str(t["image_id"]), overlay_semantic(valid_image(batch["images"][i], t["image_size"], p.shape), p, colors))
+            for i, (t, p) in enumerate(zip(batch["targets"], preds))
+        ]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val", batch_idx)

@@ -55,7 +55,7 @@ ALL_LOSSES = [
     OhemCrossEntropyLoss(threshold=0.7, min_kept=3),
     OhemCrossEntropyLoss(threshold=None, min_kept=3),
     LovaszSoftmaxLoss(),
-    LovaszSoftmaxLoss(classes="all", per_image=True),
+    LovaszSoftmaxLoss(classes="all", per_image=True, class_chunk=None),
     CombinedLoss([CrossEntropyLoss(), DiceLoss()], [1.0, 0.5]),
 ]
 
@@ -196,8 +196,9 @@ def test_lovasz_matches_reference(classes, per_image):
         expected = np.mean([berman_lovasz_flat(*pixels(logits[i : i + 1], target[i : i + 1]), classes) for i in range(2)])
     else:
         expected = berman_lovasz_flat(*pixels(logits, target), classes)
-    ours = LovaszSoftmaxLoss(classes=classes, per_image=per_image)(logits, target)
-    assert ours.item() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    for chunk in (None, 2):
+        ours = LovaszSoftmaxLoss(classes=classes, per_image=per_image, class_chunk=chunk)(logits, target)
+        assert ours.item() == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
 
 def test_lovasz_gradient_matches_autograd_of_reference():

@@ -8,7 +8,7 @@ import torch
 
 from lightning_seg.evaluation.panoptic_io import load_json, load_panoptic_annotation, read_id_png
 from lightning_seg.metrics import PanopticQuality
-from lightning_seg.metrics.panoptic_segments import segments_from_category_instance
+from lightning_seg.metrics.panoptic_segments import segments_from_category_instance, unique_keys
 from lightning_seg.structures import DatasetMetadata
 from tests.metrics.panoptic_reference import new_stats, reference_pq_average, reference_pq_single
 
@@ -226,3 +226,19 @@ def test_sparse_instance_ids_take_the_sort_path():
     assert int((seg.index == -1).sum()) == 1
     dense = segments_from_category_instance(cat, torch.where(inst > 10, 7, inst), torch.tensor([True, False]))
     assert torch.equal(torch.sort(dense.labels).values, torch.sort(seg.labels).values)
+
+
+@pytest.mark.parametrize("num_bins", [50, 10**9])
+def test_unique_keys_histogram_and_sort_paths_agree(num_bins):
+    keys = torch.tensor([7, 3, 3, 49, 7, 7, 0])
+    uniq, counts, inverse = unique_keys(keys, num_bins, return_inverse=True)
+    ref_u, ref_i, ref_c = torch.unique(keys, return_inverse=True, return_counts=True)
+    assert torch.equal(uniq, ref_u) and torch.equal(counts, ref_c) and torch.equal(inverse, ref_i)
+
+
+def test_target_labels_out_of_range_raise():
+    metric = PanopticQuality(is_thing=[True, False])
+    masks = torch.ones(1, 2, 2, dtype=torch.bool)
+    pred = [{"panoptic_seg": torch.ones(2, 2, dtype=torch.int32), "segments_info": [{"id": 1, "category_id": 0}]}]
+    with pytest.raises(ValueError, match=r"ground-truth class ids \[4\]"):
+        metric.update(pred, [{"masks": masks, "labels": torch.tensor([4])}])

@@ -468,3 +468,19 @@ def test_mask2former_runs_under_bf16_autocast():
     loss.backward()
     assert torch.isfinite(out["pred_logits"].float()).all() and torch.isfinite(out["pred_masks"].float()).all()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("cls", [Mask2Former, MaskFormer])
+def test_images_in_a_batch_do_not_influence_each_other(cls):
+    """Per-image masks and broadcast positions must never mix images: in eval mode the batched
+    outputs equal the outputs of each image alone."""
+    torch.manual_seed(0)
+    extra = TINY_ENC if cls is Mask2Former else {}
+    model = cls(3, backbone="resnet10t", num_decoder_layers=2, **TINY, **extra).eval()
+    images = torch.rand(2, 3, 65, 97)
+    with torch.no_grad():
+        batched = model(images)
+        for i in range(2):
+            single = model(images[i : i + 1])
+            torch.testing.assert_close(batched["pred_logits"][i : i + 1], single["pred_logits"], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(batched["pred_masks"][i : i + 1], single["pred_masks"], rtol=1e-4, atol=1e-4)

@@ -138,7 +138,8 @@ def test_torchvision_weights_give_identical_outputs(tv_name, ours_cls, tmp_path)
     torch.testing.assert_close(a["out"], b["out"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(a["aux"], b["aux"], rtol=1e-4, atol=1e-5)
 
-    ours.aux_head = None  # as if built with aux_head=False: the aux weights have nowhere to go
+    del ours.aux_head  # now as if built with aux_head=False: the aux weights have nowhere to go
+    ours.aux_head = None
     with pytest.raises(ValueError, match="aux_head"):
         load_torchvision_weights(ours, tv.state_dict())
     with pytest.raises(KeyError, match="foo"):

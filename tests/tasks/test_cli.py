@@ -71,3 +71,18 @@ def test_cli_ddp_two_processes(config, tmp_path, synthetic_cache):
         )
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert "distributed_backend=gloo" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("config", ["panoptic_mask2former.yaml", "semantic_fcn.yaml"])
+def test_evaluation_at_original_resolution(config, tmp_path):
+    """A resizing evaluation transform shrinks the image; metrics and predictions stay at full size."""
+    args = ["--config", str(CONF_DIR / config), f"--trainer.default_root_dir={tmp_path}",
+            "--data.eval_augmentation=resize", "--data.image_size=40"]
+    main(["validate", *args])
+    main(["predict", *args, f"--model.predict_dir={tmp_path / 'pred'}"])
+    from PIL import Image
+
+    written = sorted((tmp_path / "pred" / ("panoptic" if "panoptic" in config else "semantic")).glob("*.png"))
+    assert written and all(Image.open(p).size == (64, 64) for p in written)  # the synthetic images are 64x64
+    overlays = sorted((tmp_path / "overlays").rglob("*.png"))
+    assert overlays and all(Image.open(p).size == (64, 64) for p in overlays)

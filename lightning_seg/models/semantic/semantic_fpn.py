@@ -40,7 +40,8 @@ class FPN(nn.Module):
         """Features finest first -> pyramid levels finest first, all ``out_channels`` wide."""
         laterals = [conv(f) for conv, f in zip(self.lateral, features)]
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+            coarser = F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+            laterals[i - 1] = laterals[i - 1] + coarser
         return [conv(x) for conv, x in zip(self.output, laterals)]
 
 

@@ -34,8 +34,10 @@ class PlainUNetEncoder(nn.Module):
         super().__init__()
         if len(widths) < 2:
             raise ValueError(f"PlainUNetEncoder needs at least two levels, got widths={list(widths)}")
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        mean = torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
         in_chs = [3, *widths[:-1]]
         self.levels = nn.ModuleList(
             nn.Sequential(ConvNormAct(c_in, c_out, 3, norm=norm), ConvNormAct(c_out, c_out, 3, norm=norm))
