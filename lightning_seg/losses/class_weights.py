@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -119,9 +120,11 @@ def compute_class_weights(semantic_maps: Iterable[Tensor], num_classes: int,
             path.parent.mkdir(parents=True, exist_ok=True)
             payload = dict(version=_CACHE_VERSION, num_classes=num_classes, ignore_index=ignore_index,
                            num_images=n, pixel_counts=counts.tolist(), present_totals=totals.tolist())
-            tmp = path.with_suffix(path.suffix + ".tmp")
+            # A per-process temporary name and an atomic rename: ranks counting at the same time
+            # never read a half-written file nor move each other's temporary.
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(payload))
-            tmp.replace(path)  # atomic: concurrent ranks never read a half-written file
+            tmp.replace(path)
     return class_weights_from_counts(counts, totals, method)
 
 

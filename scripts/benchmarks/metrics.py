@@ -60,6 +60,7 @@ def _time(fn, repeats: int, device: str) -> tuple[float, object]:
 
 
 def bench_panoptic(args) -> dict:
+    """Time ours vs torchmetrics' PanopticQuality (update + compute) and return both PQs."""
     from torchmetrics.detection import PanopticQuality as TMPanopticQuality
 
     from lightning_seg.metrics import PanopticQuality
@@ -87,6 +88,7 @@ def bench_panoptic(args) -> dict:
 
 
 def bench_semantic(args) -> dict:
+    """Time ours vs torchmetrics' MulticlassJaccardIndex on random maps; return both mIoUs."""
     from torchmetrics.classification import MulticlassJaccardIndex
 
     from lightning_seg.metrics import SemanticSegmentationMetrics
@@ -115,6 +117,7 @@ def bench_semantic(args) -> dict:
 
 
 def bench_coco(args) -> dict | None:
+    """Time COCOeval segm through faster-coco-eval vs pycocotools (None without the data)."""
     from lightning_seg.evaluation.panoptic_io import load_json
     from lightning_seg.metrics import coco_evaluate
 
@@ -129,6 +132,7 @@ def bench_coco(args) -> dict | None:
 
 
 def main() -> None:
+    """Parse the flags, run the selected benchmarks, print one line each plus a JSON summary."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=20)
     p.add_argument("--size", type=int, default=512)
@@ -138,10 +142,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     data_root = os.environ.get("LIGHTNING_SEG_TEST_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
     p.add_argument("--coco-dir", default=str(Path(data_root) / "coco_val2014_100_eval"))
     p.add_argument("--skip", nargs="*", default=[], choices=["panoptic", "semantic", "coco"])
     args = p.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     import torchmetrics
 
     print(f"device={args.device} torch={torch.__version__} torchmetrics={torchmetrics.__version__} "

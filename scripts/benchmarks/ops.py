@@ -2,7 +2,8 @@
 
 Both sides run in this process on the same inputs; each line prints our time, the
 reference's time, the ratio (ours / reference, lower is better) and the peak memory growth
-while it ran (CUDA: allocator peak; CPU: sampled resident set size).
+of one extra call (CUDA: allocator peak; CPU: resident-set high-water mark of that call run
+in a forked single-threaded child).
 
     python scripts/benchmarks/ops.py                      # full sizes (a few minutes on CPU)
     python scripts/benchmarks/ops.py --batch 2 --aux 2    # quick
@@ -11,9 +12,9 @@ while it ran (CUDA: allocator peak; CPU: sampled resident set size).
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import platform
-import threading
 import time
 from types import SimpleNamespace
 
@@ -33,63 +34,67 @@ from lightning_seg.ops import (
 )
 
 
-class PeakMemory:
-    """Peak memory growth (MiB) inside a ``with`` block."""
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_mib = 0.0
 
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _peak_child(fn, queue) -> None:
+    # libgomp cannot start a thread pool in a child forked after the parent used one.
+    torch.set_num_threads(1)
+    base = _rss_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark to the current resident set
+    fn()
+    queue.put((_rss_kib("VmHWM") - base) / 1024.0)
 
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._peak = max(self._peak, self._rss())
-            time.sleep(0.002)
 
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-        else:
-            self._base = self._peak = self._rss()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
-        return self
+def peak_memory_mib(fn, device: torch.device) -> float:
+    """Extra memory one call of ``fn`` needs, in MiB.
 
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak_mib = (torch.cuda.max_memory_allocated() - self._base) / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_mib = (max(self._peak, self._rss()) - self._base) / 2**20
+    CUDA: allocator peak minus allocated before. CPU: the call runs once in a forked child
+    (single-threaded), and the figure is the kernel's resident-set high-water mark minus the
+    resident set before the call, so memory cached by earlier calls cannot hide a peak.
+    """
+    if not MEASURE_MEMORY:
+        return float("nan")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_peak_child, args=(fn, queue))
+    proc.start()
+    peak = queue.get()
+    proc.join()
+    return peak
 
 
 WARMUP = 1
+MEASURE_MEMORY = True
 
 
 def timed(fn, device: torch.device, repeats: int) -> tuple[float, float]:
-    """Median seconds per call over ``repeats`` calls after ``WARMUP`` warm-ups, and peak MiB."""
+    """Median seconds over ``repeats`` calls after ``WARMUP`` warm-ups, and peak MiB of one call."""
     for _ in range(WARMUP):
         fn()
     times = []
-    with PeakMemory(device) as mem:
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2], mem.peak_mib
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2], peak_memory_mib(fn, device)
 
 
 def report(name: str, ours: tuple[float, float], ref: tuple[float, float] | None, ref_name: str) -> None:
@@ -169,8 +174,11 @@ def bench_training(args, device):
         w = {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
         sum(w[k.rsplit("_", 1)[0] if k[-1].isdigit() else k] * v for k, v in out.items()).backward()
 
+    global WARMUP
+    WARMUP, saved = args.criterion_warmup, WARMUP
     ours = timed(ours_step, device, args.criterion_repeats)
     ref = timed(hf_step, device, args.criterion_repeats) if not args.skip_hf_criterion else None
+    WARMUP = saved
     report(f"criterion fwd+bwd ({args.aux} aux)", ours, ref, "HF")
 
 
@@ -258,13 +266,16 @@ def main() -> None:
     p.add_argument("--nms-width", type=int, default=333)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-memory", action="store_true", help="skip the (one extra call) memory runs")
     p.add_argument("--criterion-repeats", type=int, default=1)
+    p.add_argument("--criterion-warmup", type=int, default=0, help="the matcher runs warm up most of it")
     p.add_argument("--skip-hf-criterion", action="store_true")
     p.add_argument("--only", choices=["training", "inference", "nms"], default=None)
     args = p.parse_args()
     device = torch.device(args.device)
-    global WARMUP
+    global WARMUP, MEASURE_MEMORY
     WARMUP = args.warmup
+    MEASURE_MEMORY = not args.no_memory
     import transformers
 
     print(f"device={device} ({platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}) "

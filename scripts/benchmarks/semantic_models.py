@@ -3,10 +3,10 @@
 Each pair runs ours and the reference on the same input in this process, with the same
 backbone (a torchvision-layout ResNet-50) and a matched head, and prints parameters, forward
 FLOPs (``torch.utils.flop_counter``; one multiply-add = 2 FLOPs) and the best and median
-forward times; the ratio is ours / reference of the best times (lower is better; the minimum is
-the least load-sensitive statistic on a shared machine). Timed runs alternate between the two
-models so a change in machine load hits both alike. ``--ours-only`` adds our other models with their
-default (timm) backbone, with no reference.
+forward times. Each timed round runs both models back to back (alternating which goes first),
+and the ratio is the median over rounds of ours / reference within the round (lower is
+better): a paired statistic, so a change in machine load between rounds cancels out.
+``--ours-only`` adds our other models with their default (timm) backbone, with no reference.
 
     python scripts/benchmarks/semantic_models.py                         # 512x512, all pairs
     python scripts/benchmarks/semantic_models.py --size 256 --repeats 3  # quick
@@ -47,10 +47,12 @@ class Normalised(nn.Module):
         self.register_buffer("std", STD.clone())
 
     def forward(self, x: torch.Tensor):
+        """Images float ``[B, 3, H, W]`` in ``[0, 1]`` -> the wrapped model's output."""
         return self.model((x - self.mean) / self.std)
 
 
 def _smp():
+    """segmentation_models_pytorch, or None when it is not installed."""
     try:
         import segmentation_models_pytorch as smp
     except ImportError:
@@ -109,6 +111,7 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def time_once(model: nn.Module, x: torch.Tensor) -> float:
+    """Seconds for one inference forward of ``model`` on ``x``."""
     if x.is_cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -120,14 +123,16 @@ def time_once(model: nn.Module, x: torch.Tensor) -> float:
 
 
 def params_m(model: nn.Module) -> float:
+    """Number of parameters, in millions."""
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 
 def main() -> None:
+    """Parse the command line, run the pairs and print one table row per model."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512, help="input height and width")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="timed forwards per model")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (one forward per model each)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--pairs", nargs="*", default=None, help="subset of: fcn deeplabv3 unet deeplabv3plus")
     parser.add_argument("--ours-only", action="store_true", help="also time our default-config models")
@@ -145,7 +150,7 @@ def main() -> None:
           f"torch={torch.__version__} torchvision={torchvision.__version__} "
           f"smp={getattr(smp, '__version__', 'not installed')} input={tuple(x.shape)}")
     header = (f"{'model':32s} {'params M':>9s} {'GFLOPs':>8s} {'best s':>7s} {'med s':>7s} | "
-              f"{'reference':36s} {'params M':>9s} {'GFLOPs':>8s} {'best s':>7s} {'med s':>7s} | ratio (best)")
+              f"{'reference':36s} {'params M':>9s} {'GFLOPs':>8s} {'best s':>7s} {'med s':>7s} | ratio (paired median)")
     print(header)
     table = pairs()
     for name in args.pairs or list(table):
@@ -168,7 +173,7 @@ def main() -> None:
         line = f"{name:32s} {params_m(ours):9.2f} {flops[0] / 1e9:8.1f} {best[0]:7.3f} {med[0]:7.3f} | "
         if ref is not None:
             line += (f"{ref_name:36s} {params_m(ref):9.2f} {flops[1] / 1e9:8.1f} {best[1]:7.3f} {med[1]:7.3f} | "
-                     f"{best[0] / best[1]:.3f}")
+                     f"{statistics.median(a / b for a, b in zip(times[0], times[1])):.3f}")
         else:
             line += f"{ref_name + ' (not installed)':36s}"
         print(line, flush=True)

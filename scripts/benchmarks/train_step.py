@@ -6,10 +6,15 @@ their own Hungarian set criterion (12544 sampled points, class/mask/dice weights
 get the same batch of images and the same targets. One "step" is forward + loss + backward.
 
 Time: in this process, interleaving the two models, median over ``--iters`` steps after
-``--warmup`` steps. Peak memory (CPU): each side runs one step in a forked child that builds
+``--warmup`` steps, both wall-clock and process CPU time (all threads), plus the ratio of the fastest
+steps — on a machine shared with other jobs the fastest step is the least disturbed one. Peak memory (CPU): each side runs one step in a forked child that builds
 its model, resets the kernel's peak-RSS counter (``/proc/self/clear_refs`` ← 5), runs the step
 and reports ``VmHWM`` minus the RSS before the step — the extra resident memory the step
 needed. On CUDA, ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``.
+
+With ``--decoders-only`` both sides skip backbone and criterion: the same ResNet-50 features
+go through each pixel decoder and transformer decoder, and the same simple loss (mean square
+of every layer's class and mask logits) is back-propagated — the model code that differs.
 
     python scripts/benchmarks/train_step.py --size 384 --batch 2 --iters 3
 """
@@ -98,6 +103,58 @@ def build_hf(args: argparse.Namespace, device: torch.device):
     return model, step
 
 
+def _square_loss(logits: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
+    return sum(m.float().square().mean() for m in masks) + sum(g.float().square().mean() for g in logits)
+
+
+def _backbone_features(args: argparse.Namespace, device: torch.device) -> list[torch.Tensor]:
+    from lightning_seg.models.backbone import Backbone
+
+    torch.manual_seed(0)
+    images, _ = make_batch(args, device)
+    with torch.no_grad():
+        return Backbone("resnet50").to(device)(images)
+
+
+def build_ours_decoders(args: argparse.Namespace, device: torch.device):
+    """Our pixel decoder + masked-attention decoder on fixed backbone features."""
+    from lightning_seg.models.mask_classification import Mask2Former
+
+    torch.manual_seed(0)
+    model = Mask2Former(args.num_classes, backbone="resnet50").to(device).train()
+    feats = _backbone_features(args, device)
+
+    def step() -> float:
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            mask_features, multi_scale = model.pixel_decoder(feats)
+            out = model.transformer_decoder(multi_scale, mask_features)
+        layers = [out, *out["aux_outputs"]]
+        loss = _square_loss([o["pred_logits"] for o in layers], [o["pred_masks"] for o in layers])
+        loss.backward()
+        return float(loss.detach())
+
+    return model, step
+
+
+def build_hf_decoders(args: argparse.Namespace, device: torch.device):
+    """HF's pixel decoder + transformer module (+ class head) on the same features."""
+    model, _ = build_hf(args, device)
+    feats = _backbone_features(args, device)
+
+    def step() -> float:
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            pix = model.model.pixel_level_module.decoder(feats)
+            dec = model.model.transformer_module(pix.multi_scale_features, pix.mask_features)
+            logits = [model.class_predictor(h.transpose(0, 1)) for h in dec.intermediate_hidden_states]
+        loss = _square_loss(logits, list(dec.masks_queries_logits))
+        loss.backward()
+        return float(loss.detach())
+
+    return model, step
+
+
 BUILDERS = {"ours": build_ours, "hf": build_hf}
 
 
@@ -155,7 +212,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="autocast the forward pass to bfloat16")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--decoders-only", action="store_true", help="time only the decoders (see above)")
     args = parser.parse_args()
+    if args.decoders_only:
+        BUILDERS.update(ours=build_ours_decoders, hf=build_hf_decoders)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
 
@@ -166,12 +227,19 @@ def main() -> None:
         f"torch {torch.__version__}, timm {timm.__version__}, transformers {transformers.__version__}; "
         f"device {device} ({args.threads} threads); batch {args.batch}x3x{args.size}x{args.size}, "
         f"{args.segments} segments/image, {args.num_classes} classes, {args.num_points} points, bf16={args.bf16}"
+        + (", decoders only" if args.decoders_only else "")
     )
     memory = {}
     if not args.skip_memory:
         for name in BUILDERS:
             memory[name] = peak_memory_mib(name, args, device)
 
+    if args.skip_timing:
+        for name, mib in memory.items():
+            print(f"{name:>5}: peak step memory {mib:.0f} MiB")
+        if memory:
+            print(f"memory ratio ours/hf: {memory['ours'] / memory['hf']:.3f}")
+        return
     steps = {}
     for name, build in BUILDERS.items():
         model, steps[name] = build(args, device)
@@ -180,24 +248,31 @@ def main() -> None:
         for _ in range(args.warmup):
             step()
     times: dict[str, list[float]] = {name: [] for name in steps}
+    cpu_times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.iters):
         for name, step in steps.items():  # interleaved so load changes hit both sides alike
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - t0)
+            cpu_times[name].append(time.process_time() - c0)
 
     med = {name: statistics.median(t) for name, t in times.items()}
+    med_cpu = {name: statistics.median(t) for name, t in cpu_times.items()}
     for name in steps:
         line = f"{name:>5}: step {med[name]:.3f} s (runs {', '.join(f'{t:.2f}' for t in times[name])})"
-        line += f", {args.batch / med[name]:.2f} images/s"
+        line += f", {args.batch / med[name]:.2f} images/s, CPU time {med_cpu[name]:.3f} s"
         if name in memory:
             line += f", peak step memory {memory[name]:.0f} MiB"
         print(line)
-    print(f"time ratio ours/hf: {med['ours'] / med['hf']:.3f}")
+    fastest = {name: min(t) for name, t in times.items()}
+    print(
+        f"time ratio ours/hf: {med['ours'] / med['hf']:.3f} (median wall), "
+        f"{med_cpu['ours'] / med_cpu['hf']:.3f} (median CPU), {fastest['ours'] / fastest['hf']:.3f} (fastest wall)"
+    )
     if memory:
         print(f"memory ratio ours/hf: {memory['ours'] / memory['hf']:.3f}")
 

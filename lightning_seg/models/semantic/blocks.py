@@ -99,6 +99,7 @@ class ASPPPooling(nn.Sequential):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """``[B, C_in, h, w]`` -> ``[B, C_out, h, w]``, the pooled response broadcast over space."""
         size = x.shape[-2:]
         for module in self:
             x = module(x)
