@@ -81,6 +81,25 @@ def overlay_panoptic(
     return out.astype(np.uint8)
 
 
+def instance_id_map(prediction: dict[str, Tensor], score_threshold: float = 0.5) -> tuple[Tensor, dict[int, int]]:
+    """Paint instance masks (lowest score first, so the best stays on top) into an id map.
+
+    Args:
+        prediction: ``masks`` bool ``[M,H,W]``, ``labels`` int64 ``[M]``, ``scores`` float ``[M]``.
+        score_threshold: instances scoring below it are not drawn.
+
+    Returns:
+        int64 ``[H,W]`` ids (0 = none, ``m+1`` = instance ``m``) and id → class label.
+    """
+    masks, labels, scores = prediction["masks"], prediction["labels"], prediction["scores"]
+    ids = torch.zeros(masks.shape[-2:], dtype=torch.int64, device=masks.device)
+    keep = torch.nonzero(scores >= score_threshold).flatten()
+    order = keep[scores[keep].argsort()]
+    for m in order.tolist():
+        ids[masks[m]] = m + 1
+    return ids, {m + 1: int(labels[m]) for m in order.tolist()}
+
+
 def valid_image(image: Tensor, image_size: Sequence[int], out_size: Sequence[int] | None = None) -> np.ndarray:
     """A padded batch image cropped to its valid region, resized to ``out_size``, as uint8 ``[H,W,3]``.
 

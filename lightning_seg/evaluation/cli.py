@@ -156,7 +156,9 @@ def evaluate_semantic(
     gt_files = sorted(gt_dir.glob("*.png"))
     if not gt_files:
         raise ValueError(f"no PNG files in {gt_dir}")
-    metric = SemanticSegmentationMetrics(num_classes, ignore_index=ignore_index, average=average)  # type: ignore[arg-type]
+    metric = SemanticSegmentationMetrics(
+        num_classes, ignore_index=ignore_index, average=average  # type: ignore[arg-type]
+    )
     for gt_file in gt_files:
         pred_file = pred_dir / gt_file.name
         if not pred_file.is_file():
@@ -211,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _require(args, "gt_dir", "pred_dir", "num_classes")
             result = evaluate_semantic(
-                args.gt_dir, args.pred_dir, args.num_classes, args.ignore_index, args.reduce_zero_label, args.average
+                args.gt_dir,
+                args.pred_dir,
+                args.num_classes,
+                args.ignore_index,
+                args.reduce_zero_label,
+                args.average,
             )
     except (FileNotFoundError, ValueError, KeyError) as err:
         print(f"lightning-seg evaluate: error: {err}", file=sys.stderr)

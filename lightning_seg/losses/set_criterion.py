@@ -165,7 +165,9 @@ class SetCriterion(nn.Module):
         return logits, masks  # type: ignore[return-value]
 
     @torch.no_grad()
-    def match(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor, padded: PaddedTargets) -> Matching:
+    def match(
+        self, pred_logits: torch.Tensor, pred_masks: torch.Tensor, padded: PaddedTargets
+    ) -> Matching:
         """Match one layer's queries to the padded targets (no gradient).
 
         Args:
@@ -195,7 +197,9 @@ class SetCriterion(nn.Module):
         if t == 0:
             return cls
         h, w = padded.masks.shape[-2:]
-        logits = F.interpolate(pred_masks.float(), size=(h, w), mode="bilinear", align_corners=False)
+        logits = F.interpolate(
+            pred_masks.float(), size=(h, w), mode="bilinear", align_corners=False
+        )
         logits = logits.flatten(2)
         tgt = padded.masks.flatten(2).float()
         focal = pairwise_sigmoid_focal(logits, tgt, self.focal_alpha, self.focal_gamma)
@@ -206,15 +210,23 @@ class SetCriterion(nn.Module):
         return wc * cls + wm * focal + wd * dice
 
     def _layer_losses(
-        self, pred_logits: torch.Tensor, pred_masks: torch.Tensor, padded: PaddedTargets, num_masks: torch.Tensor
+        self,
+        pred_logits: torch.Tensor,
+        pred_masks: torch.Tensor,
+        padded: PaddedTargets,
+        num_masks: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         matching = self.match(pred_logits, pred_masks, padded)
         b, q, _ = pred_logits.shape
         t = padded.labels.shape[1]
         hit = matching.target_for_pred >= 0
         tgt_idx = matching.target_for_pred.clamp(min=0)
-        matched_labels = torch.gather(padded.labels, 1, tgt_idx) if t > 0 else torch.zeros_like(tgt_idx)
-        target_classes = torch.where(hit, matched_labels, torch.full_like(tgt_idx, self.num_classes))
+        if t > 0:
+            matched_labels = torch.gather(padded.labels, 1, tgt_idx)
+        else:
+            matched_labels = torch.zeros_like(tgt_idx)
+        no_object = torch.full_like(tgt_idx, self.num_classes)
+        target_classes = torch.where(hit, matched_labels, no_object)
         loss_ce = F.cross_entropy(
             pred_logits.float().transpose(1, 2), target_classes, weight=self.empty_weight.float()
         )
@@ -235,11 +247,12 @@ class SetCriterion(nn.Module):
             loss_mask = sigmoid_bce_per_mask(logits, labels).sum() / num_masks
         else:
             h, w = tgt_masks.shape[-2:]
-            logits = F.interpolate(src.float()[:, None], size=(h, w), mode="bilinear", align_corners=False)
+            logits = F.interpolate(
+                src.float()[:, None], size=(h, w), mode="bilinear", align_corners=False
+            )
             logits = logits.flatten(1)
             labels = tgt_masks[rows[:, 0]].flatten(1).float()
-            loss_mask = (
-                sigmoid_focal_per_mask(logits, labels, self.focal_alpha, self.focal_gamma).sum() / num_masks
-            )
+            focal = sigmoid_focal_per_mask(logits, labels, self.focal_alpha, self.focal_gamma)
+            loss_mask = focal.sum() / num_masks
         loss_dice = dice_per_mask(logits, labels).sum() / num_masks
         return {"loss_ce": loss_ce, "loss_mask": loss_mask, "loss_dice": loss_dice}

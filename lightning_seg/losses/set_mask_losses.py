@@ -27,7 +27,8 @@ def sigmoid_bce_per_mask(logits: torch.Tensor, targets: torch.Tensor) -> torch.T
     Returns:
         float32 ``[M]``.
     """
-    return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").mean(1)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    return bce.mean(1)
 
 
 def dice_per_mask(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -49,11 +49,12 @@ def pad_targets(
             raise ValueError(f"{where}: needs 'masks' and 'labels', has {sorted(tgt)}")
         masks, labels = tgt["masks"], tgt["labels"]
         if not isinstance(masks, torch.Tensor) or masks.ndim != 3:
-            raise ValueError(f"{where}: masks must be a [N,H,W] tensor, got {getattr(masks, 'shape', type(masks))}")
-        if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.shape[0] != masks.shape[0]:
-            raise ValueError(
-                f"{where}: labels must be [N={masks.shape[0]}], got {getattr(labels, 'shape', type(labels))}"
-            )
+            got = getattr(masks, "shape", type(masks))
+            raise ValueError(f"{where}: masks must be a [N,H,W] tensor, got {got}")
+        n = masks.shape[0]
+        if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.shape[0] != n:
+            got = getattr(labels, "shape", type(labels))
+            raise ValueError(f"{where}: labels must be [N={n}], got {got}")
         if labels.is_floating_point() or labels.dtype == torch.bool:
             raise ValueError(f"{where}: labels must be integer class ids, got {labels.dtype}")
         shapes.append(tuple(masks.shape))
@@ -70,7 +71,8 @@ def pad_targets(
             continue
         labels[i, :n] = tgt["labels"].to(dev)  # type: ignore[union-attr]
         m = tgt["masks"]
-        masks[i, :n, :mh, :mw] = (m if m.dtype == torch.bool else m > 0.5).to(dev)  # type: ignore[union-attr]
+        m = m if m.dtype == torch.bool else m > 0.5  # type: ignore[union-attr]
+        masks[i, :n, :mh, :mw] = m.to(dev)
         valid[i, :n] = True
     # One check for the whole batch; only on failure do we look up which image it was.
     bad = valid & ((labels < 0) | (labels >= num_classes))
@@ -78,5 +80,6 @@ def pad_targets(
         i = int(bad.any(1).nonzero()[0])
         tgt = targets[i]
         where = f"target {i}" + (f" (image_id={tgt['image_id']!r})" if "image_id" in tgt else "")
-        raise ValueError(f"{where}: labels {tgt['labels'].tolist()} outside [0, {num_classes})")  # type: ignore[union-attr]
+        bad_labels = tgt["labels"].tolist()  # type: ignore[union-attr]
+        raise ValueError(f"{where}: labels {bad_labels} outside [0, {num_classes})")
     return PaddedTargets(labels, masks, valid)

@@ -62,7 +62,9 @@ def inner_boundary(labels: torch.Tensor, radius: int) -> torch.Tensor:
 
 def _check_maps(preds: torch.Tensor, target: torch.Tensor) -> None:
     if preds.shape != target.shape or preds.ndim != 3:
-        raise ValueError(f"preds and target must both be [B,H,W]; got {tuple(preds.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"preds and target must both be [B,H,W]; got {tuple(preds.shape)} and {tuple(target.shape)}"
+        )
 
 
 class BoundaryIoU(Metric):
@@ -91,7 +93,11 @@ class BoundaryIoU(Metric):
     union: torch.Tensor
 
     def __init__(
-        self, num_classes: int, dilation_ratio: float = 0.02, ignore_index: int | None = IGNORE_INDEX, **kwargs: Any
+        self,
+        num_classes: int,
+        dilation_ratio: float = 0.02,
+        ignore_index: int | None = IGNORE_INDEX,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.num_classes = num_classes
@@ -118,7 +124,8 @@ class BoundaryIoU(Metric):
         pred_cls = preds.clamp(0, k - 1).reshape(-1)
 
         def count(cls: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            return torch.zeros(k, dtype=torch.int64, device=cls.device).index_add_(0, cls, mask.reshape(-1).long())
+            out = torch.zeros(k, dtype=torch.int64, device=cls.device)
+            return out.index_add_(0, cls, mask.reshape(-1).long())
 
         inter = count(gt_cls, both)
         self.intersection += inter
@@ -128,7 +135,8 @@ class BoundaryIoU(Metric):
         """``biou`` (float64 mean over classes with a non-empty union) and ``per_class_biou``
         ``[K]`` (NaN where the union is empty)."""
         u = self.union.double()
-        per_class = torch.where(u > 0, self.intersection.double() / u.clamp(min=1), torch.full_like(u, float("nan")))
+        nan = torch.full_like(u, float("nan"))
+        per_class = torch.where(u > 0, self.intersection.double() / u.clamp(min=1), nan)
         return {"biou": per_class.nanmean(), "per_class_biou": per_class}
 
 
@@ -191,7 +199,13 @@ def surface(labels: torch.Tensor) -> torch.Tensor:
     return edge
 
 
-def _nearest_distance(src: torch.Tensor, src_group: torch.Tensor, dst: torch.Tensor, dst_group: torch.Tensor, chunk_elems: int) -> torch.Tensor:
+def _nearest_distance(
+    src: torch.Tensor,
+    src_group: torch.Tensor,
+    dst: torch.Tensor,
+    dst_group: torch.Tensor,
+    chunk_elems: int,
+) -> torch.Tensor:
     """For each ``src`` point, the Euclidean distance to the nearest ``dst`` point of its group."""
     out = torch.empty(src.shape[0], dtype=torch.float64, device=src.device)
     rows = max(1, chunk_elems // max(1, dst.shape[0]))
@@ -231,7 +245,11 @@ class AverageSurfaceDistance(Metric):
     unmatched: torch.Tensor
 
     def __init__(
-        self, num_classes: int, ignore_index: int | None = IGNORE_INDEX, chunk_elems: int = 1 << 24, **kwargs: Any
+        self,
+        num_classes: int,
+        ignore_index: int | None = IGNORE_INDEX,
+        chunk_elems: int = 1 << 24,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.num_classes = num_classes
@@ -281,5 +299,10 @@ class AverageSurfaceDistance(Metric):
         """``assd`` (mean over classes with distances), ``per_class_assd`` ``[K]`` (NaN where
         undefined) and ``unmatched_per_class`` ``[K]``."""
         c = self.point_count.double()
-        per_class = torch.where(c > 0, self.distance_sum / c.clamp(min=1), torch.full_like(c, float("nan")))
-        return {"assd": per_class.nanmean(), "per_class_assd": per_class, "unmatched_per_class": self.unmatched}
+        nan = torch.full_like(c, float("nan"))
+        per_class = torch.where(c > 0, self.distance_sum / c.clamp(min=1), nan)
+        return {
+            "assd": per_class.nanmean(),
+            "per_class_assd": per_class,
+            "unmatched_per_class": self.unmatched,
+        }

@@ -75,7 +75,9 @@ class MaskAP(Metric):
         for name in _STATES:
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, preds: Sequence[Mapping[str, torch.Tensor]], target: Sequence[Mapping[str, Any]]) -> None:
+    def update(
+        self, preds: Sequence[Mapping[str, torch.Tensor]], target: Sequence[Mapping[str, Any]]
+    ) -> None:
         """Accumulate a batch.
 
         Args:
@@ -102,14 +104,17 @@ class MaskAP(Metric):
                     f"{tuple(t['masks'].shape[-2:])}"
                 )
             if "image_size" in t and tuple(t["image_size"]) != (h, w):
-                raise ValueError(f"image {i} of the batch: prediction is {h}x{w}, image_size is {t['image_size']}")
+                raise ValueError(
+                    f"image {i} of the batch: prediction is {h}x{w}, image_size is {t['image_size']}"
+                )
             scores, labels = p["scores"], p["labels"]
             if not (masks.shape[0] == scores.shape[0] == labels.shape[0]):
                 raise ValueError(f"image {i} of the batch: masks, labels and scores differ in length")
             for side, lab in (("predicted", labels), ("target", t["labels"])):
                 if lab.numel() and bool(((lab < 0) | (lab >= self.num_classes)).any()):
                     raise ValueError(
-                        f"image {i} of the batch: {side} labels {lab.tolist()[:10]} outside [0, {self.num_classes})"
+                        f"image {i} of the batch: {side} labels {lab.tolist()[:10]} outside "
+                        f"[0, {self.num_classes})"
                     )
             if masks.shape[0] > self.max_detections:
                 keep = torch.topk(scores, self.max_detections).indices
@@ -123,7 +128,9 @@ class MaskAP(Metric):
             gt_masks.append(gm.bool().reshape(-1, h * w))
             gt_labels.append(t["labels"].long())
             crowd = t.get("iscrowd")
-            gt_crowd.append(crowd.bool() if crowd is not None else torch.zeros(gm.shape[0], dtype=torch.bool, device=gm.device))
+            if crowd is None:
+                crowd = torch.zeros(gm.shape[0], dtype=torch.bool, device=gm.device)
+            gt_crowd.append(crowd.bool())
         device = self.device
         for name, sizes, masks_list, dst_runs, dst_num in (
             ("det", hw, det_masks, self.det_runs, self.det_num_runs),
@@ -141,7 +148,9 @@ class MaskAP(Metric):
         self.gt_crowd.append(torch.cat(gt_crowd).to(device=device, dtype=torch.uint8))
 
     @staticmethod
-    def _encode(flat_masks: list[torch.Tensor], sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(
+        flat_masks: list[torch.Tensor], sizes: list[tuple[int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run lengths of every mask of every image (images may differ in size)."""
         runs, nums = [], []
         for flat, (h, w) in zip(flat_masks, sizes):

@@ -102,8 +102,9 @@ class ParsingCovering(Metric):
         self.normalize_by_image_size = normalize_by_image_size
         self.validate_args = validate_args
         self.register_buffer("is_thing", torch.tensor([bool(t) for t in is_thing]), persistent=False)
-        self.add_state("weighted_iou", torch.zeros(self.num_classes, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("gt_area", torch.zeros(self.num_classes, dtype=torch.float64), dist_reduce_fx="sum")
+        zeros = torch.zeros(self.num_classes, dtype=torch.float64)
+        self.add_state("weighted_iou", zeros.clone(), dist_reduce_fx="sum")
+        self.add_state("gt_area", zeros.clone(), dist_reduce_fx="sum")
 
     def update(self, preds: Any, target: Any) -> None:
         """Accumulate one batch; inputs as for :meth:`PanopticQuality.update`."""
@@ -124,9 +125,11 @@ class ParsingCovering(Metric):
         """``pc``, ``pc_things``, ``pc_stuff`` (float64), their class counts ``n*``, and
         ``pc_per_class`` ``[K]`` (0 for classes without ground truth)."""
         valid = self.gt_area > 0
-        per_class = torch.where(valid, self.weighted_iou / self.gt_area.clamp(min=1e-300), torch.zeros_like(self.gt_area))
+        ratio = self.weighted_iou / self.gt_area.clamp(min=1e-300)
+        per_class = torch.where(valid, ratio, torch.zeros_like(self.gt_area))
         out: dict[str, torch.Tensor] = {"pc_per_class": per_class}
-        for suffix, subset in (("", valid), ("_things", valid & self.is_thing), ("_stuff", valid & ~self.is_thing)):
+        things = self.is_thing
+        for suffix, subset in (("", valid), ("_things", valid & things), ("_stuff", valid & ~things)):
             n = subset.sum()
             out[f"pc{suffix}"] = (per_class * subset.double()).sum() / n.clamp(min=1)
             out[f"n{suffix}"] = n

@@ -47,7 +47,9 @@ def sanitize_costs(cost: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.where(valid, c, torch.zeros_like(c))
 
 
-def _solve_scipy(cost: torch.Tensor, row_valid: torch.Tensor, col_valid: torch.Tensor) -> torch.Tensor:
+def _solve_scipy(
+    cost: torch.Tensor, row_valid: torch.Tensor, col_valid: torch.Tensor
+) -> torch.Tensor:
     """Per-problem scipy solve; exactly one host copy in and one device copy out."""
     b, r, c = cost.shape
     # Validity rides along as NaN so that the batch crosses to the host as a single tensor.
@@ -65,7 +67,9 @@ def _solve_scipy(cost: torch.Tensor, row_valid: torch.Tensor, col_valid: torch.T
     return torch.from_numpy(out).to(cost.device)
 
 
-def _solve_torch_rows_le_cols(cost: torch.Tensor, row_valid: torch.Tensor, col_valid: torch.Tensor) -> torch.Tensor:
+def _solve_torch_rows_le_cols(
+    cost: torch.Tensor, row_valid: torch.Tensor, col_valid: torch.Tensor
+) -> torch.Tensor:
     """Batched Hungarian algorithm for problems with no more valid rows than valid columns.
 
     Index 0 of the column axis is the virtual column of the textbook formulation; real
@@ -118,11 +122,15 @@ def _solve_torch_rows_le_cols(cost: torch.Tensor, row_valid: torch.Tensor, col_v
     col_for_row = torch.full((b, n + 1), -1, dtype=torch.long, device=dev)
     cols = torch.arange(-1, m, device=dev).expand(b, m + 1)
     owned = p > 0
-    col_for_row.scatter_(1, torch.where(owned, p, torch.zeros_like(p)), torch.where(owned, cols, -1))
+    col_for_row.scatter_(
+        1, torch.where(owned, p, torch.zeros_like(p)), torch.where(owned, cols, -1)
+    )
     return col_for_row[:, 1:]
 
 
-def _solve_torch(cost: torch.Tensor, row_valid: torch.Tensor, col_valid: torch.Tensor) -> torch.Tensor:
+def _solve_torch(
+    cost: torch.Tensor, row_valid: torch.Tensor, col_valid: torch.Tensor
+) -> torch.Tensor:
     """On-device solve; problems with more rows than columns are solved transposed."""
     b, r, c = cost.shape
     out = torch.full((b, r), -1, dtype=torch.long, device=cost.device)

@@ -43,14 +43,20 @@ def _image_sizes(
     images = [tuple(s) for s in image_sizes] if image_sizes is not None else [padded] * b
     origs = [tuple(s) for s in orig_sizes] if orig_sizes is not None else list(images)
     if len(images) != b or len(origs) != b:
-        raise ValueError(f"{b} images in pred_masks but {len(images)} image_sizes and {len(origs)} orig_sizes")
+        raise ValueError(
+            f"{b} images in pred_masks but {len(images)} image_sizes and {len(origs)} orig_sizes"
+        )
     for i, (h, w) in enumerate(images):
         if not (0 < h <= padded[0] and 0 < w <= padded[1]):
-            raise ValueError(f"image {i}: image_size {(h, w)} is not inside the padded size {padded}")
+            raise ValueError(
+                f"image {i}: image_size {(h, w)} is not inside the padded size {padded}"
+            )
     return padded, images, origs  # type: ignore[return-value]
 
 
-def _taps(pred_masks: torch.Tensor, padded: Size, image: Size, orig: Size) -> tuple[ResizeTaps, ResizeTaps]:
+def _taps(
+    pred_masks: torch.Tensor, padded: Size, image: Size, orig: Size
+) -> tuple[ResizeTaps, ResizeTaps]:
     h, w = pred_masks.shape[-2:]
     dev = pred_masks.device
     return (
@@ -59,12 +65,16 @@ def _taps(pred_masks: torch.Tensor, padded: Size, image: Size, orig: Size) -> tu
     )
 
 
-def thing_mask(thing_classes: torch.Tensor | Sequence[int] | Sequence[bool], num_classes: int, device) -> torch.Tensor:
+def thing_mask(
+    thing_classes: torch.Tensor | Sequence[int] | Sequence[bool], num_classes: int, device
+) -> torch.Tensor:
     """Bool ``[K]`` is-thing vector from a bool ``[K]`` vector or a list of contiguous thing ids."""
     t = torch.as_tensor(thing_classes, device=device)
     if t.dtype == torch.bool:
         if t.shape != (num_classes,):
-            raise ValueError(f"is_thing vector has shape {tuple(t.shape)}, expected ({num_classes},)")
+            raise ValueError(
+                f"is_thing vector has shape {tuple(t.shape)}, expected ({num_classes},)"
+            )
         return t
     out = torch.zeros(num_classes, dtype=torch.bool, device=device)
     if t.numel():

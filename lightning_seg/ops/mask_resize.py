@@ -75,7 +75,9 @@ def resize_taps(
 
 
 @lru_cache(maxsize=256)
-def _host_taps(in_size: int, out_size: int, mid: int, valid: int) -> tuple[torch.Tensor, list[int], list[int]]:
+def _host_taps(
+    in_size: int, out_size: int, mid: int, valid: int
+) -> tuple[torch.Tensor, list[int], list[int]]:
     """CPU matrix and spans, cached: a dataset has few distinct (padded, image, original) sizes."""
     eye = torch.eye(in_size, dtype=torch.float64).unsqueeze(1)  # [in, 1, in]
     x = eye if mid == in_size else F.interpolate(eye, size=mid, mode="linear", align_corners=False)
@@ -93,7 +95,7 @@ def _host_taps(in_size: int, out_size: int, mid: int, valid: int) -> tuple[torch
 def resize_width(x: torch.Tensor, taps_x: ResizeTaps) -> torch.Tensor:
     """Resize the last axis: float ``[N, h, w]`` -> float32 ``[N, h, W]`` (one matrix product)."""
     n, h, w = x.shape
-    return (x.float().reshape(n * h, w) @ taps_x.matrix.T).view(n, h, -1)
+    return (x.float().reshape(n * h, w) @ taps_x.matrix.T).view(n, h, taps_x.matrix.shape[0])
 
 
 def resize_height(xw: torch.Tensor, taps_y: ResizeTaps, rows: slice) -> torch.Tensor:

@@ -118,7 +118,8 @@ def mask_matching_costs(
     num_points = logits.shape[-1]
     # BCE(x, y) = softplus(-x) y + softplus(x) (1 - y) = softplus(x) - x y, so the pairwise
     # mean is a row mean minus a single batched matmul.
-    bce = F.softplus(logits).mean(-1, keepdim=True) - torch.bmm(logits, tgt.transpose(1, 2)) / num_points
+    bce = F.softplus(logits).mean(-1, keepdim=True)
+    bce = bce - torch.bmm(logits, tgt.transpose(1, 2)) / num_points
     s = logits.sigmoid()
     inter = torch.bmm(s, tgt.transpose(1, 2))
     dice = 1.0 - (2.0 * inter + 1.0) / (s.sum(-1)[:, :, None] + tgt.sum(-1)[:, None, :] + 1.0)
@@ -160,6 +161,7 @@ def match_masks(
     if points is None:
         points = torch.rand(b, num_points, 2, device=pred_masks.device)
     cost = mask_matching_costs(
-        pred_logits, pred_masks, target_labels, target_masks, points, cost_class, cost_mask, cost_dice
+        pred_logits, pred_masks, target_labels, target_masks, points,
+        cost_class, cost_mask, cost_dice,
     )
     return hungarian_match(cost, target_valid=target_valid, solver=solver)

@@ -100,7 +100,8 @@ def matrix_nms(
     dev = scores.device
     if valid is None:
         valid = torch.ones(b, n, dtype=torch.bool, device=dev)
-    s = torch.where(valid, scores.float(), torch.full_like(scores, float("-inf"), dtype=torch.float32))
+    neg_inf = torch.full_like(scores, float("-inf"), dtype=torch.float32)
+    s = torch.where(valid, scores.float(), neg_inf)
     s, order = s.sort(dim=1, descending=True, stable=True)
     if pre_nms_topk is not None and pre_nms_topk < n:
         s, order = s[:, :pre_nms_topk], order[:, :pre_nms_topk]

@@ -50,7 +50,9 @@ def panoptic_fpn_fusion(
         then stuff segments in class order with ``score`` 1.0.
     """
     if len(instances) != len(semantics):
-        raise ValueError(f"{len(instances)} instance predictions but {len(semantics)} semantic maps")
+        raise ValueError(
+            f"{len(instances)} instance predictions but {len(semantics)} semantic maps"
+        )
     rows = []
     maps = []
     for i, (inst, sem) in enumerate(zip(instances, semantics)):
@@ -58,7 +60,8 @@ def panoptic_fpn_fusion(
         masks = inst["masks"].to(dev)
         if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(sem.shape):
             raise ValueError(
-                f"image {i}: instance masks {tuple(masks.shape)} do not match semantic map {tuple(sem.shape)}"
+                f"image {i}: instance masks {tuple(masks.shape)} do not match semantic map "
+                f"{tuple(sem.shape)}"
             )
         is_thing = thing_mask(thing_classes, num_classes, dev)
         scores = inst["scores"].to(dev).float()
@@ -84,7 +87,8 @@ def panoptic_fpn_fusion(
         area = torch.bincount(cls.flatten(), minlength=k + 1)[:k]
         stuff_ok = (area >= stuff_area_threshold) & (area > 0) & ~is_thing
         stuff_id = torch.cumsum(stuff_ok.int(), 0).int() - 1 + next_id
-        lookup = torch.cat([torch.where(stuff_ok, stuff_id, torch.zeros_like(stuff_id)), stuff_id.new_zeros(1)])
+        lookup = torch.where(stuff_ok, stuff_id, torch.zeros_like(stuff_id))
+        lookup = torch.cat([lookup, stuff_id.new_zeros(1)])
         pan = torch.where(free, lookup[cls], pan)
         maps.append(pan)
         n = order.shape[0]
@@ -105,5 +109,7 @@ def panoptic_fpn_fusion(
         for img, sid, cat, th, s, ok in torch.cat(rows).cpu().tolist():
             if not ok:
                 continue
-            infos[int(img)].append(SegmentInfo(id=int(sid), category_id=int(cat), isthing=bool(th), score=float(s)))
+            infos[int(img)].append(
+                SegmentInfo(id=int(sid), category_id=int(cat), isthing=bool(th), score=float(s))
+            )
     return [PanopticPrediction(panoptic_seg=p, segments_info=inf) for p, inf in zip(maps, infos)]

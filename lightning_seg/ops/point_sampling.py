@@ -50,11 +50,12 @@ def point_sample_binary(
     rows: torch.Tensor | None = None,
     chunk_elements: int = 1 << 24,
 ) -> torch.Tensor:
-    """Bilinearly sample binary masks at normalised points, converting only a chunk at a time.
+    """Bilinearly sample binary masks at normalised points without a float copy of the stack.
 
-    Equals :func:`point_sample` on ``masks.float()`` (zeros outside the map), but only
-    ``chunk_elements`` mask pixels exist as floats at any time, so a ``[B, T, Hp, Wp]`` stack
-    of full-resolution target masks is never converted whole.
+    Equals :func:`point_sample` on ``masks.float()`` (zeros outside the map). The grouped
+    layout reads the four neighbours straight from the bool masks; the indexed layout converts
+    ``chunk_elements`` mask pixels to float at a time, so a ``[B, T, Hp, Wp]`` stack of
+    full-resolution target masks is never converted whole.
 
     Two layouts:
 
@@ -89,6 +90,8 @@ def point_sample_binary(
             )
         _, h, w = masks.shape
         g, r = rows.shape
+    if rows is None:
+        return _sample_groups_by_gather(masks, points.float())
     out = torch.empty((g, r, points.shape[1]), dtype=torch.float32, device=points.device)
     if out.numel() == 0:
         return out
@@ -97,8 +100,35 @@ def point_sample_binary(
     for s in range(0, g, step):
         e = min(s + step, g)
         # The R masks of a group share its points, so they ride along as channels.
-        block = masks[s:e] if rows is None else masks[rows[s:e].reshape(-1)].view(e - s, r, h, w)
+        block = masks[rows[s:e].reshape(-1)].view(e - s, r, h, w)
         out[s:e] = point_sample(block.float(), pts[s:e])
+    return out
+
+
+def _sample_groups_by_gather(masks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Grouped layout of :func:`point_sample_binary`: ``[G, R, H, W]`` bool at ``[G, P, 2]``.
+
+    All masks of a group share the points, so the four neighbour indices are computed once per
+    group (``[G, P]``) and read from the uint8 view of every mask with an expanded index: no
+    mask is ever converted to float.
+    """
+    g, r, h, w = masks.shape
+    data = masks.reshape(g, r, h * w).view(torch.uint8)
+    x = points[..., 0] * w - 0.5  # align_corners=False: pixel centres at (i + 0.5) / size
+    y = points[..., 1] * h - 0.5
+    x0 = torch.floor(x)
+    y0 = torch.floor(y)
+    fx = x - x0
+    fy = y - y0
+    x0 = x0.long()
+    y0 = y0.long()
+    out = torch.zeros((g, r, points.shape[1]), dtype=torch.float32, device=points.device)
+    for yy, wy in ((y0, 1.0 - fy), (y0 + 1, fy)):
+        for xx, wx in ((x0, 1.0 - fx), (x0 + 1, fx)):
+            inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)  # zeros padding
+            lin = yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)
+            hit = torch.gather(data, 2, lin.unsqueeze(1).expand(g, r, -1))
+            out.addcmul_(hit, (wy * wx * inside).unsqueeze(1))
     return out
 
 
@@ -140,7 +170,9 @@ def sample_points_by_uncertainty(
     if oversample_ratio < 1:
         raise ValueError(f"oversample_ratio must be >= 1, got {oversample_ratio}")
     if not 0 <= importance_sample_ratio <= 1:
-        raise ValueError(f"importance_sample_ratio must be in [0, 1], got {importance_sample_ratio}")
+        raise ValueError(
+            f"importance_sample_ratio must be in [0, 1], got {importance_sample_ratio}"
+        )
     n = logits.shape[0]
     num_sampled = int(num_points * oversample_ratio)
     num_uncertain = int(importance_sample_ratio * num_points)
@@ -149,7 +181,8 @@ def sample_points_by_uncertainty(
         candidates = torch.rand(n, num_sampled, 2, device=logits.device)
         point_logits = point_sample(logits.detach().float(), candidates)
         # The chosen set, not its order, matters: the losses average over points.
-        idx = torch.topk(uncertainty_from_logits(point_logits), k=num_uncertain, dim=1, sorted=False)[1]
+        uncertainty = uncertainty_from_logits(point_logits)
+        idx = torch.topk(uncertainty, k=num_uncertain, dim=1, sorted=False)[1]
         chosen = torch.gather(candidates, 1, idx.unsqueeze(-1).expand(-1, -1, 2))
         if num_random > 0:
             chosen = torch.cat([chosen, torch.rand(n, num_random, 2, device=logits.device)], dim=1)

@@ -20,7 +20,7 @@ from lightning_seg.ops import instance_inference, panoptic_inference, semantic_i
 from lightning_seg.structures import Batch
 from lightning_seg.structures import distinct_colors
 from lightning_seg.tasks.base import SegTask
-from lightning_seg.visualization import overlay_panoptic, overlay_semantic, valid_image
+from lightning_seg.visualization import instance_id_map, overlay_panoptic, overlay_semantic, valid_image
 
 Task = Literal["panoptic", "instance", "semantic"]
 
@@ -248,6 +248,9 @@ class MaskClassificationModule(SegTask):
                 out.append((str(t["image_id"]), overlay_panoptic(img, p["panoptic_seg"], labels, colors)))
             elif "semantic" in preds:
                 out.append((str(t["image_id"]), overlay_semantic(img, preds["semantic"][i], colors)))
+            elif "instance" in preds:
+                ids, labels = instance_id_map(preds["instance"][i], score_threshold=0.5)
+                out.append((str(t["image_id"]), overlay_panoptic(img, ids, labels, colors)))
         return out
 
     @staticmethod

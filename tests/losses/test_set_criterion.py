@@ -179,3 +179,29 @@ def test_low_precision_outputs_give_float32_losses_close_to_fp32(dtype, monkeypa
         torch.testing.assert_close(low[key], ref[key], rtol=1e-4, atol=1e-5)
     crit.total(low).backward()
     assert masks.grad is not None and masks.grad.dtype == dtype
+
+
+def _num_masks_worker(rank: int, init_file: str, counts: list[int], out: dict) -> None:
+    import torch.distributed as dist
+
+    from lightning_seg.losses.set_criterion import average_num_masks
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=len(counts))
+    try:
+        out[rank] = float(average_num_masks(torch.tensor(float(counts[rank]))))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_num_masks_is_averaged_across_ranks(tmp_path):
+    """Two gloo ranks with 4 and 1 target masks both normalise by (4 + 1) / 2."""
+    import torch.multiprocessing as mp
+
+    from lightning_seg.losses.set_criterion import average_num_masks
+
+    assert float(average_num_masks(torch.tensor(0.0))) == 1.0  # clamped, no process group
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_num_masks_worker, args=(str(tmp_path / "init"), [4, 1], out), nprocs=2, join=True)
+        assert dict(out) == {0: 2.5, 1: 2.5}

@@ -242,3 +242,54 @@ def test_target_labels_out_of_range_raise():
     pred = [{"panoptic_seg": torch.ones(2, 2, dtype=torch.int32), "segments_info": [{"id": 1, "category_id": 0}]}]
     with pytest.raises(ValueError, match=r"ground-truth class ids \[4\]"):
         metric.update(pred, [{"masks": masks, "labels": torch.tensor([4])}])
+
+
+_DEEPLAB_COLORS = {(0, 0, 0): 0, (0, 0, 255): 1, (255, 0, 0): 2, (0, 255, 0): 3, (255, 0, 255): 4, (0, 255, 255): 5, (255, 255, 0): 6}
+_DEEPLAB_GT_CLASSES = {
+    "team": {0: 0, 47: 1, 97: 1, 133: 1, 150: 1, 174: 1, 198: 2, 215: 1, 244: 1, 255: 1},
+    "bird": {92: 5, 176: 3, 255: 4},
+    "cat": {0: 0, 255: 6},
+}
+
+
+def _deeplab_pair(root, name):
+    """(category, instance) tensors [1,H,W,2] of DeepLab's non-COCO test images.
+
+    DeepLab's class 0 is its ignored label: shifted to -1 it is void here. DeepLab splits every
+    class by instance id, so all classes are treated as things.
+    """
+    from PIL import Image
+
+    gt_file = root / (f"{name}_gt_instance.png" if name == "team" else f"{name}_gt.png")
+    gt_inst = np.array(Image.open(gt_file).convert("L")).astype(np.int64)
+    gt_cat = np.vectorize(_DEEPLAB_GT_CLASSES[name].get)(gt_inst)
+    rgb = np.array(Image.open(root / f"{name}_pred_class.png").convert("RGB"))
+    pred_cat = np.zeros(rgb.shape[:2], np.int64)
+    for color, k in _DEEPLAB_COLORS.items():
+        pred_cat[(rgb == color).all(-1)] = k
+    pred_inst = np.array(Image.open(root / f"{name}_pred_instance.png").convert("L")).astype(np.int64)
+
+    def stack(cat, inst):
+        return torch.stack([torch.from_numpy(cat - 1), torch.from_numpy(inst)], -1)[None]
+
+    return stack(pred_cat, pred_inst), stack(gt_cat, gt_inst)
+
+
+def test_deeplab_team_golden_values(shared_data):
+    """DeepLab's panoptic_quality_test on the 'team' pair (3 classes, 0 = ignored)."""
+    metric = PanopticQuality(is_thing=[True, True])
+    metric.update(*_deeplab_pair(shared_data / "deeplab_pq_testdata", "team"))
+    assert metric.tp.tolist() == [7, 1]
+    assert metric.fn.tolist() == [1, 0]
+    assert metric.fp.tolist() == [0, 0]
+    np.testing.assert_allclose(metric.iou_sum.numpy(), [5.26827, 0.54069], atol=1e-5)
+    assert float(metric.compute()["pq"]) == pytest.approx(0.62156287, abs=1e-7)
+
+
+def test_deeplab_streaming_golden_values(shared_data):
+    """DeepLab's streaming_metrics_test: bird + cat + team, 7 classes with 0 ignored."""
+    metric = PanopticQuality(is_thing=[True] * 6)
+    for name in ("bird", "cat", "team"):
+        metric.update(*_deeplab_pair(shared_data / "deeplab_pq_testdata", name))
+    per_class = metric.compute()["pq_per_class"].numpy()
+    np.testing.assert_allclose(per_class, [0.7024, 0.54069, 0.745353, 0.85768, 0.99107, 0.77410], atol=1e-4)

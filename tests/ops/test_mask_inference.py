@@ -236,3 +236,18 @@ def test_half_precision_inputs_match_float32():
     low = panoptic_inference(logits, masks, THINGS, object_mask_threshold=0.3)
     ref = panoptic_inference(logits.float(), masks.float(), THINGS, object_mask_threshold=0.3)
     assert torch.equal(low[0]["panoptic_seg"], ref[0]["panoptic_seg"])
+
+
+def test_images_with_nothing_selected():
+    g = torch.Generator().manual_seed(31)
+    logits = torch.randn(2, 4, K + 1, generator=g)
+    masks = torch.randn(2, 4, 8, 8, generator=g)
+    inst = instance_inference(logits, masks, (32, 32), [(32, 30), (20, 32)], [(16, 15), (10, 16)],
+                              score_threshold=1.1)
+    assert [r["masks"].shape for r in inst] == [(0, 16, 15), (0, 10, 16)]
+    inst = instance_inference(logits, masks, thing_classes=[])
+    assert all(r["labels"].numel() == 0 for r in inst)
+    pan = panoptic_inference(logits, masks, THINGS, object_mask_threshold=1.0)
+    assert all(p["segments_info"] == [] and not p["panoptic_seg"].any() for p in pan)
+    with pytest.raises(ValueError, match="not inside the padded size"):
+        semantic_inference(logits, masks, (32, 32), [(40, 32), (32, 32)])

@@ -25,7 +25,9 @@ SHRINK_MASK_CLASSIFICATION = [
 SHRINK_TRAINER = [
     "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
     "--trainer.precision=32-true", "--trainer.fast_dev_run=1", "--trainer.logger=false",
-    "--data.image_size=64", "--data.batch_size=1", "--data.num_workers=0",
+    "--data.image_size=64", "--data.num_workers=0",
+    # two images: DeepLab's image-pooling branch normalises over the batch, as in the papers
+    "--data.batch_size=2",
 ]
 
 
