@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_seg.models.simple_pyramid import SimpleFeaturePyramid
+
 _TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                         "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
                         "wide_resnet50_2", "wide_resnet101_2")
@@ -85,6 +87,9 @@ class Backbone(nn.Module):
         pixel_std: RGB standard deviation of the pretraining data, in ``[0, 1]`` units.
         min_stride: with the default ``out_indices``, return the features at stride
             ``>= min_stride``; ``2`` adds a CNN's stride-2 stem feature (what U-Net uses).
+        simple_pyramid: map four single-stride transformer features (a plain ViT's blocks) to
+            strides 4/8/16/32 with :class:`~lightning_seg.models.simple_pyramid.SimpleFeaturePyramid`;
+            ``None`` (default) does so exactly when the backbone is such a transformer.
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``img_size``, ``drop_path_rate``,
             ``dynamic_img_size``).
 
@@ -106,6 +111,7 @@ class Backbone(nn.Module):
         pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
         pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
         min_stride: int = 4,
+        simple_pyramid: bool | None = None,
         **timm_kwargs,
     ) -> None:
         super().__init__()
@@ -130,6 +136,17 @@ class Backbone(nn.Module):
             self._build_torchvision(name, out_indices, output_stride, pretrained, min_stride)
         else:
             raise ValueError(f"Backbone source must be 'timm' or 'torchvision', got {source!r}")
+        single_stride = len(set(self.strides)) == 1 and len(self.strides) == 4
+        if simple_pyramid is None:
+            simple_pyramid = single_stride
+        self.pyramid: SimpleFeaturePyramid | None = None
+        if simple_pyramid:
+            if not single_stride:
+                raise ValueError(f"simple_pyramid needs 4 features at one stride; {name!r} gives strides {self.strides}")
+            self.pyramid = SimpleFeaturePyramid(self.channels)
+            s = self.strides[0]
+            self.channels = list(self.pyramid.out_channels)
+            self.strides = [int(s * f) for f in self.pyramid.scales]
         self.frozen_stages = frozen_stages
         self._freeze_stages(frozen_stages)
         if freeze_bn:
@@ -313,6 +330,8 @@ class Backbone(nn.Module):
         feats = [feats[i] for i in self._select]
         if self._nhwc:
             feats = [f.permute(0, 3, 1, 2) for f in feats]
-        if d > 1:
+        if self.pyramid is not None:
+            feats = self.pyramid(feats)
+        if d > 1 or self.pyramid is not None:
             feats = [f[..., : math.ceil(h / s), : math.ceil(w / s)] for f, s in zip(feats, self.strides)]
         return feats

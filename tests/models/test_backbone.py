@@ -22,7 +22,7 @@ CASES = [
     (dict(name="convnext_atto"), [4, 8, 16, 32]),
     (dict(name="convnext_atto", output_stride=16), [4, 8, 16, 16]),
     (dict(name="swin_tiny_patch4_window7_224", img_size=64, strict_img_size=False, depths=(1, 1, 1, 1)), [4, 8, 16, 32]),
-    (dict(name="vit_tiny_patch16_224", dynamic_img_size=True), [16, 16, 16, 16]),
+    (dict(name="vit_tiny_patch16_224", dynamic_img_size=True), [4, 8, 16, 32]),
     (dict(name="resnet18", source="torchvision"), [4, 8, 16, 32]),
     (dict(name="resnet50", source="torchvision", output_stride=16), [4, 8, 16, 16]),
 ]
@@ -159,3 +159,28 @@ def test_bad_input_raises():
         backbone(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"\[B,3,H,W\]"):
         backbone(torch.zeros(1, 1, 32, 32))
+
+
+def test_plain_vit_gets_a_simple_feature_pyramid():
+    """A ViT's stride-16 blocks come out at strides 4/8/16/32 (ViTDet), at ceil sizes."""
+    from lightning_seg.models import Backbone
+
+    bb = Backbone("vit_tiny_patch16_224", dynamic_img_size=True, depth=4)
+    assert bb.strides == [4, 8, 16, 32] and bb.channels == [48, 96, 192, 192]
+    x = torch.rand(1, 3, 65, 97)
+    feats = bb(x)
+    for f, s, c in zip(feats, bb.strides, bb.channels):
+        assert f.shape == (1, c, -(-65 // s), -(-97 // s))
+    sum(f.mean() for f in feats).backward()
+    off = Backbone("vit_tiny_patch16_224", dynamic_img_size=True, depth=4, simple_pyramid=False)
+    assert off.strides == [16, 16, 16, 16]
+
+
+def test_mask2former_on_vit_predicts_masks_at_stride_4():
+    from lightning_seg.models import Mask2Former
+
+    m = Mask2Former(3, backbone="vit_tiny_patch16_224", backbone_kwargs={"dynamic_img_size": True, "depth": 4},
+                    conv_dim=32, mask_dim=32, enc_layers=1, num_queries=4, hidden_dim=32, nheads=2,
+                    dim_feedforward=64, num_decoder_layers=3)
+    out = m(torch.rand(1, 3, 64, 96))
+    assert out["pred_masks"].shape == (1, 4, 16, 24)
