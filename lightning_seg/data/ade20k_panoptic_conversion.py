@@ -52,7 +52,8 @@ from lightning_seg.data.ade20k_categories import (
     ADE20K_PANOPTIC_CATEGORIES,
     ADE20K_THING_CLASS_IDS,
 )
-from lightning_seg.data.synthetic import ids_to_rgb, segments_from_id_map
+from lightning_seg.data.io import id_to_rgb
+from lightning_seg.data.synthetic import segments_from_id_map
 
 SPLIT_FOLDERS = {"train": "training", "val": "validation"}
 """Output split name -> folder name inside ``images/``, ``annotations*/``."""
@@ -231,7 +232,7 @@ def convert_ade20k_image(
     ids, segments = panoptic_from_ade20k_arrays(
         semantic, instance[..., :3], where=str(instance_path)
     )
-    Image.fromarray(ids_to_rgb(ids)).save(output_png)
+    Image.fromarray(id_to_rgb(ids)).save(output_png)
     image_entry = {"id": stem, "file_name": image_path.name, "width": width, "height": height}
     annotation = {"image_id": stem, "file_name": f"{stem}.png", "segments_info": segments}
     return image_entry, annotation

@@ -107,13 +107,31 @@ def read_panoptic_png(path: str | Path) -> np.ndarray:
         raise DatasetError(f"panoptic PNG not found: {path}")
     try:
         with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB")).astype(np.int64)
+            rgb = np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DatasetError(f"{path}: cannot read panoptic PNG ({e})") from e
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+    return rgb_to_id(rgb)
 
 
-def id_map_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """Encode an int ``[H, W]`` segment-id map as the uint8 ``[H, W, 3]`` COCO panoptic RGB."""
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """Decode COCO panoptic RGB, ``id = R + 256·G + 256²·B``.
+
+    Args:
+        rgb: uint8 ``[H, W, 3]``.
+
+    Returns:
+        int64 ``[H, W]`` segment ids.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"an RGB-id image must be [H,W,3], got {rgb.shape}")
+    rgb = rgb.astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def id_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """Encode an integer ``[H, W]`` segment-id map (ids in ``[0, 256³)``) as uint8 ``[H, W, 3]`` RGB."""
     ids = np.asarray(ids, dtype=np.int64)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+    if ids.size and (ids.min() < 0 or ids.max() >= 256**3):
+        raise ValueError(f"segment ids must lie in [0, 256**3), got [{ids.min()}, {ids.max()}]")
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)

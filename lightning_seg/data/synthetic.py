@@ -43,6 +43,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from lightning_seg.data.io import id_to_rgb
+
 SYNTHETIC_CATEGORIES: list[dict[str, Any]] = [
     {"id": 1, "name": "circle", "isthing": 1, "color": [220, 40, 40], "supercategory": "shape"},
     {"id": 2, "name": "square", "isthing": 1, "color": [40, 200, 60], "supercategory": "shape"},
@@ -90,30 +92,6 @@ _MARKER_NAME = ".synthetic_shapes.json"
 
 # --------------------------------------------------------------------------------------
 # segment ids <-> RGB
-
-
-def ids_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """Encode a segment-id map as COCO panoptic RGB.
-
-    Args:
-        ids: integer ``[H, W]`` ids in ``[0, 256**3)``.
-
-    Returns:
-        uint8 ``[H, W, 3]`` with ``id = R + 256 * G + 256**2 * B``.
-    """
-    ids = np.asarray(ids, dtype=np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() >= 256**3):
-        raise ValueError(f"segment ids must lie in [0, 256**3), got [{ids.min()}, {ids.max()}]")
-    return np.stack([ids % 256, (ids // 256) % 256, ids // 65536], axis=-1).astype(np.uint8)
-
-
-def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
-    """Decode a COCO panoptic RGB array ``[H, W, 3]`` (uint8) into int64 ids ``[H, W]``."""
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[-1] != 3:
-        raise ValueError(f"expected an [H, W, 3] RGB array, got shape {rgb.shape}")
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
 
 def segments_from_id_map(
@@ -402,7 +380,7 @@ def _write_split(
         image_id = index + 1
         stem = f"{image_id:06d}"
         Image.fromarray(image).save(image_dir / f"{stem}.png")
-        Image.fromarray(ids_to_rgb(ids)).save(pan_dir / f"{stem}.png")
+        Image.fromarray(id_to_rgb(ids)).save(pan_dir / f"{stem}.png")
         images.append(
             {"id": image_id, "file_name": f"{stem}.png", "height": height, "width": width}
         )

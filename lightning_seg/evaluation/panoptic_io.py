@@ -15,39 +15,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lightning_seg.data import io
 from lightning_seg.structures import DatasetMetadata, PanopticPrediction
 
 
 def rgb_to_id(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Decode an RGB-id image.
-
-    Args:
-        rgb: uint8 ``[H, W, 3]`` array or tensor.
-
-    Returns:
-        int64 ``[H, W]`` segment ids.
-    """
-    t = torch.from_numpy(np.array(rgb, dtype=np.uint8)) if not isinstance(rgb, torch.Tensor) else rgb
-    if t.ndim != 3 or t.shape[-1] != 3:
-        raise ValueError(f"an RGB-id image must be [H,W,3], got {tuple(t.shape)}")
-    t = t.long()
-    return t[..., 0] + 256 * t[..., 1] + 65536 * t[..., 2]
+    """Decode an RGB-id image (uint8 ``[H, W, 3]`` array or tensor) to int64 ``[H, W]`` ids."""
+    arr = rgb.cpu().numpy() if isinstance(rgb, torch.Tensor) else np.asarray(rgb)
+    return torch.from_numpy(io.rgb_to_id(arr))
 
 
 def id_to_rgb(ids: torch.Tensor) -> np.ndarray:
-    """Encode segment ids as an RGB-id image.
-
-    Args:
-        ids: integer ``[H, W]`` ids in ``[0, 256**3)``.
-
-    Returns:
-        uint8 ``[H, W, 3]`` numpy array.
-    """
-    ids = ids.long().cpu()
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= 256**3):
-        raise ValueError("segment ids must lie in [0, 256**3) to be written as an RGB-id PNG")
-    rgb = torch.stack([ids % 256, (ids // 256) % 256, ids // 65536], dim=-1)
-    return rgb.to(torch.uint8).numpy()
+    """Encode integer ``[H, W]`` ids in ``[0, 256**3)`` as a uint8 ``[H, W, 3]`` numpy RGB-id image."""
+    return io.id_to_rgb(ids.long().cpu().numpy())
 
 
 def read_id_png(path: str | Path) -> torch.Tensor:

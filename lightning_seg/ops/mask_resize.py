@@ -140,6 +140,9 @@ def resize_rows(
 def row_bands(num_rows: int, row_cost: int, budget: int = 1 << 24) -> list[slice]:
     """Split ``num_rows`` output rows into bands of at most ``budget // row_cost`` rows.
 
+    Few large bands beat many small ones on CPU (per-operation overhead dominates there),
+    even though the height pass then multiplies a mostly-zero block.
+
     Args:
         num_rows: output height.
         row_cost: elements one output row needs (e.g. ``Q * W``).

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from lightning_seg.data import CocoInstanceDataset, CocoPanopticDataset, DatasetError, SemanticFolderDataset
-from lightning_seg.data.io import id_map_to_rgb
+from lightning_seg.data.io import id_to_rgb
 
 CATS = [
     {"id": 1, "name": "disc", "isthing": 1},
@@ -27,7 +27,7 @@ def _write_panoptic(root: Path, segments=None, png_ids=None, file_name="a.png", 
     if png_ids is None:
         png_ids = np.full((8, 10), 9)
         png_ids[:4, :4] = 5
-    Image.fromarray(id_map_to_rgb(png_ids)).save(root / "pan" / "a.png")
+    Image.fromarray(id_to_rgb(png_ids)).save(root / "pan" / "a.png")
     if segments is None:
         segments = [{"id": 5, "category_id": 1, "iscrowd": 0}, {"id": 9, "category_id": 7, "iscrowd": 0}]
     data = {

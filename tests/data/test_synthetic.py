@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lightning_seg.data.io import id_to_rgb, rgb_to_id
 from lightning_seg.data.synthetic import (
     CROWD_EVERY,
     MIN_VISIBLE_FRACTION,
     SYNTHETIC_CATEGORIES,
     ensure_synthetic_shapes,
     generate_synthetic_shapes,
-    ids_to_rgb,
-    rgb_to_ids,
     segments_from_id_map,
 )
 
@@ -137,10 +136,10 @@ def test_things_colours_follow_class_hue_band(small_dataset):
 
 def test_id_encoding_roundtrip_and_segment_measurement():
     ids = np.array([[0, 5, 5], [70000, 70000, 5], [0, 0, 300]])
-    rgb = ids_to_rgb(ids)
+    rgb = id_to_rgb(ids)
     assert rgb.dtype == np.uint8 and rgb.shape == (3, 3, 3)
     assert rgb[1, 0].tolist() == [70000 % 256, (70000 // 256) % 256, 70000 // 65536]
-    assert np.array_equal(rgb_to_ids(rgb), ids)
+    assert np.array_equal(rgb_to_id(rgb), ids)
     segs = segments_from_id_map(ids, {5: 1, 300: 2, 70000: 11}, crowd={300})
     assert segs == [
         {"id": 5, "category_id": 1, "iscrowd": 0, "area": 3, "bbox": [1, 0, 2, 2]},
@@ -150,7 +149,7 @@ def test_id_encoding_roundtrip_and_segment_measurement():
     with pytest.raises(ValueError, match="segment id 5"):
         segments_from_id_map(ids, {300: 2, 70000: 11})
     with pytest.raises(ValueError, match="256"):
-        ids_to_rgb(np.array([[256**3]]))
+        id_to_rgb(np.array([[256**3]]))
 
 
 @pytest.mark.parametrize(
