@@ -92,10 +92,6 @@ class MaskClassificationModule(SegTask):
         freeze_pixel_decoder: bool = False,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("optimizer", "adamw")
-        kwargs.setdefault("lr", 1e-4)
-        kwargs.setdefault("weight_decay", 0.05)
-        kwargs.setdefault("backbone_lr_multiplier", 0.1)
         super().__init__(num_classes, **kwargs)
         if freeze_pixel_decoder:
             self.freeze_module("pixel_decoder")

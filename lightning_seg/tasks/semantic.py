@@ -49,7 +49,8 @@ class SemanticSegmentationModule(SegTask):
             loss must take ``class_weights`` (the default cross-entropy, focal, OHEM do).
         class_weights_cache: JSON file of the pixel counts (default:
             ``<default_root_dir>/class_pixel_counts.json``); reused when it exists.
-        **kwargs: :class:`~lightning_seg.tasks.base.SegTask` arguments (optimiser, schedule, ...).
+        **kwargs: :class:`~lightning_seg.tasks.base.SegTask` arguments (optimiser, schedule, ...);
+            the defaults are AdamW 1e-4, the DeepLab-style configs set SGD 0.01 poly explicitly.
     """
 
     hparams_ignore = ("loss",)
@@ -75,12 +76,9 @@ class SemanticSegmentationModule(SegTask):
         class_weights_cache: str | None = None,
         **kwargs: Any,
     ) -> None:
-        self.loss_module = loss
-        kwargs.setdefault("optimizer", "sgd")
-        kwargs.setdefault("lr", 0.01)
-        kwargs.setdefault("weight_decay", 5e-4)
-        kwargs.setdefault("backbone_lr_multiplier", 1.0)
         super().__init__(num_classes, **kwargs)
+        if loss is not None:
+            self.criterion = loss
 
     def configure_models(self) -> None:
         from lightning_seg.models import create_model
@@ -97,12 +95,10 @@ class SemanticSegmentationModule(SegTask):
         )
 
     def configure_losses(self) -> None:
-        if self.loss_module is None:
-            from lightning_seg.losses import CrossEntropyLoss
+        from lightning_seg.losses import CrossEntropyLoss
 
-            self.loss_module = CrossEntropyLoss(ignore_index=self.ignore_index)
-        self.criterion = self.loss_module
-        del self.loss_module
+        # the default; a ``loss`` given to the constructor replaces it
+        self.criterion = CrossEntropyLoss(ignore_index=self.ignore_index)
 
     def configure_metrics(self) -> None:
         avg = self.hparams.metric_average

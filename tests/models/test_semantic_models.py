@@ -227,7 +227,7 @@ def test_unet_uses_stem_feature_and_trailing_blocks():
     "factory,match",
     [
         (lambda: UNet(K, backbone="resnet10t", decoder_channels=[8, 8]), "decoder_channels"),
-        (lambda: UNet(K, backbone="vit_tiny_patch16_224", backbone_kwargs=dict(dynamic_img_size=True)), "strides"),
+        (lambda: UNet(K, backbone="vit_tiny_patch16_224", backbone_kwargs=dict(dynamic_img_size=True, simple_pyramid=False)), "strides"),
         (lambda: UNet(K, backbone="resnet10t", upsampling="cubic"), "upsampling"),
         (lambda: UNet(K, backbone_source="plain", pretrained=True), "plain"),
         (lambda: FCN(0, backbone="resnet10t"), "num_classes"),
