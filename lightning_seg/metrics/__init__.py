@@ -2,6 +2,10 @@
 
 All states are fixed-size tensors summed across processes, except :class:`MaskAP`, which
 gathers its predictions as run-length encodings.
+
+States are updated out of place (``s = s + x``): a state reset inside ``torch.inference_mode``
+(``Trainer.validate`` runs there) is an inference tensor, and an in-place update of it in a later
+``fit`` would be rejected.
 """
 
 from lightning_seg.metrics.boundary import AverageSurfaceDistance, BoundaryIoU, TrimapAccuracy

@@ -128,8 +128,8 @@ class BoundaryIoU(Metric):
             return out.index_add_(0, cls, mask.reshape(-1).long())
 
         inter = count(gt_cls, both)
-        self.intersection += inter
-        self.union += count(gt_cls, g) + count(pred_cls, p) - inter
+        self.intersection = self.intersection + inter
+        self.union = self.union + count(gt_cls, g) + count(pred_cls, p) - inter
 
     def compute(self) -> dict[str, torch.Tensor]:
         """``biou`` (float64 mean over classes with a non-empty union) and ``per_class_biou``
@@ -174,8 +174,8 @@ class TrimapAccuracy(Metric):
         band = _window_not_uniform(target, self.band_width)
         if self.ignore_index is not None:
             band &= target != self.ignore_index
-        self.correct += (band & (preds == target)).sum()
-        self.total += band.sum()
+        self.correct = self.correct + (band & (preds == target)).sum()
+        self.total = self.total + band.sum()
 
     def compute(self) -> torch.Tensor:
         """float64 accuracy in the band (NaN when the band was always empty)."""
@@ -281,7 +281,7 @@ class AverageSurfaceDistance(Metric):
         has_g[gg] = True
         has_p[pg] = True
         both = has_g & has_p
-        self.unmatched += (has_g ^ has_p).reshape(b, k).sum(0)
+        self.unmatched = self.unmatched + (has_g ^ has_p).reshape(b, k).sum(0)
         total = torch.zeros(k, dtype=torch.float64, device=device)
         count = torch.zeros(k, dtype=torch.int64, device=device)
         for src, sg, dst, dg in ((pp, pg, gp, gg), (gp, gg, pp, pg)):
@@ -292,8 +292,8 @@ class AverageSurfaceDistance(Metric):
             dist = _nearest_distance(src, sg, dst, dg, self.chunk_elems)
             total.index_add_(0, sg % k, dist)
             count.index_add_(0, sg % k, torch.ones_like(sg))
-        self.distance_sum += total
-        self.point_count += count
+        self.distance_sum = self.distance_sum + total
+        self.point_count = self.point_count + count
 
     def compute(self) -> dict[str, torch.Tensor]:
         """``assd`` (mean over classes with distances), ``per_class_assd`` ``[K]`` (NaN where

@@ -188,10 +188,10 @@ class PanopticQuality(Metric):
             _check_labels(pred_seg, self.num_classes, "predicted")
             _check_labels(gt_seg, self.num_classes, "ground-truth")
         iou_sum, tp, fp, fn = panoptic_quality_stats(gt_seg, pred_seg, self.num_classes)
-        self.iou_sum += iou_sum
-        self.tp += tp
-        self.fp += fp
-        self.fn += fn
+        self.iou_sum = self.iou_sum + iou_sum
+        self.tp = self.tp + tp
+        self.fp = self.fp + fp
+        self.fn = self.fn + fn
 
     def compute(self) -> dict[str, torch.Tensor]:
         """The scores: see :func:`pq_from_stats` (values in ``[0, 1]``, like panopticapi)."""

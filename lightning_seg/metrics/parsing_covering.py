@@ -118,8 +118,8 @@ class ParsingCovering(Metric):
         weighted, total = parsing_covering_stats(
             gt_seg, pred_seg, self.num_classes, self.normalize_by_image_size
         )
-        self.weighted_iou += weighted
-        self.gt_area += total
+        self.weighted_iou = self.weighted_iou + weighted
+        self.gt_area = self.gt_area + total
 
     def compute(self) -> dict[str, torch.Tensor]:
         """``pc``, ``pc_things``, ``pc_stuff`` (float64), their class counts ``n*``, and

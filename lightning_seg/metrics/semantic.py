@@ -168,7 +168,7 @@ class SemanticSegmentationMetrics(Metric):
                     f"preds hold values {torch.unique(preds[bad_p])[:10].tolist()} outside [0, {k}) "
                     f"that are not ignore_index={self.ignore_index}"
                 )
-        self.confmat += confusion_matrix(preds, target, self.num_classes, self.ignore_index)
+        self.confmat = self.confmat + confusion_matrix(preds, target, self.num_classes, self.ignore_index)
 
     def compute(self) -> dict[str, torch.Tensor]:
         """See :func:`semantic_scores`."""

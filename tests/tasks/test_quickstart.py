@@ -16,7 +16,8 @@ def test_quickstart_short_budget_learns(tmp_path, monkeypatch):
     monkeypatch.setenv("LIGHTNING_SEG_CACHE", str(tmp_path / "cache"))
     cli = SegCLI(args=[
         "--config", str(QUICKSTART), f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
-        "--trainer.max_epochs=4", "--trainer.check_val_every_n_epoch=4", "--trainer.callbacks=[]",
+        # the first 4 epochs of the quickstart's own 500-step schedule
+        "--trainer.max_epochs=4", "--model.max_steps=500", "--trainer.check_val_every_n_epoch=4", "--trainer.callbacks=[]",
         "--trainer.enable_checkpointing=false",
     ], run=False)
     untrained = cli.trainer.validate(cli.model, cli.datamodule)[0]["val/PQ"]
