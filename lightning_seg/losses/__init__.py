@@ -1,10 +1,32 @@
-"""lightning_seg.losses"""
+"""Losses: the set criterion of mask-classification models and the per-pixel losses."""
 
-from .set_criterion import SetCriterion  # noqa: F401
-from .class_weights import class_weights_from_counts, compute_class_weights, count_class_pixels, load_class_weights  # noqa: F401
-from .combined import AuxiliaryHeadLoss, CombinedLoss  # noqa: F401
-from .cross_entropy import CrossEntropyLoss  # noqa: F401
-from .dice import DiceLoss  # noqa: F401
-from .focal import FocalLoss  # noqa: F401
-from .lovasz import LovaszSoftmaxLoss, lovasz_softmax  # noqa: F401
-from .ohem import OhemCrossEntropyLoss, ohem_keep_mask  # noqa: F401
+from lightning_seg.losses.class_weights import (
+    class_weights_from_counts,
+    compute_class_weights,
+    count_class_pixels,
+    load_class_weights,
+)
+from lightning_seg.losses.combined import AuxiliaryHeadLoss, CombinedLoss
+from lightning_seg.losses.cross_entropy import CrossEntropyLoss
+from lightning_seg.losses.dice import DiceLoss
+from lightning_seg.losses.focal import FocalLoss
+from lightning_seg.losses.lovasz import LovaszSoftmaxLoss, lovasz_softmax
+from lightning_seg.losses.ohem import OhemCrossEntropyLoss, ohem_keep_mask
+from lightning_seg.losses.set_criterion import SetCriterion
+
+__all__ = [
+    "AuxiliaryHeadLoss",
+    "CombinedLoss",
+    "CrossEntropyLoss",
+    "DiceLoss",
+    "FocalLoss",
+    "LovaszSoftmaxLoss",
+    "OhemCrossEntropyLoss",
+    "SetCriterion",
+    "class_weights_from_counts",
+    "compute_class_weights",
+    "count_class_pixels",
+    "load_class_weights",
+    "lovasz_softmax",
+    "ohem_keep_mask",
+]

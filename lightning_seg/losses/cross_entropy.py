@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_seg.losses.class_weights import WeightMethod, resolve_class_weights
-from lightning_seg.losses.pixel_inputs import check_pixel_inputs, masked_mean, valid_and_safe_target
-
-
-def check_class_weights(weight: Tensor | None, num_classes: int, loss_name: str) -> None:
-    """Raise ``ValueError`` naming ``loss_name`` when ``weight`` is not ``[num_classes]``."""
-    if weight is not None and weight.numel() != num_classes:
-        raise ValueError(f"{loss_name}: {weight.numel()} class weights for {num_classes} classes")
+from lightning_seg.losses.pixel_inputs import masked_mean, valid_and_safe_target, weighted_pixel_cross_entropy
 
 
 class CrossEntropyLoss(nn.Module):
@@ -47,12 +40,9 @@ class CrossEntropyLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Logits float ``[B, K, H, W]``, target int64 ``[B, H, W]`` -> scalar loss."""
-        name = type(self).__name__
-        check_pixel_inputs(logits, target, self.ignore_index, name)
-        check_class_weights(self.class_weights, logits.shape[1], name)
-        logits = logits.float()
-        per_pixel = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index,
-                                    reduction="none", label_smoothing=self.label_smoothing)
+        logits, per_pixel = weighted_pixel_cross_entropy(
+            logits, target, self.class_weights, self.ignore_index, type(self).__name__, self.label_smoothing
+        )
         valid, safe = valid_and_safe_target(target, self.ignore_index)
         weights = valid.to(logits.dtype)
         if self.class_weights is not None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_seg.losses.class_weights import WeightMethod, resolve_class_weights
-from lightning_seg.losses.cross_entropy import check_class_weights
-from lightning_seg.losses.pixel_inputs import check_pixel_inputs, masked_mean, valid_and_safe_target
+from lightning_seg.losses.pixel_inputs import masked_mean, valid_and_safe_target, weighted_pixel_cross_entropy
 
 
 def ohem_keep_mask(logits: Tensor, target: Tensor, ignore_index: int, threshold: float | None,
@@ -84,12 +82,9 @@ class OhemCrossEntropyLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Logits float ``[B, K, H, W]``, target int64 ``[B, H, W]`` -> scalar loss."""
-        name = type(self).__name__
-        check_pixel_inputs(logits, target, self.ignore_index, name)
-        check_class_weights(self.class_weights, logits.shape[1], name)
-        logits = logits.float()
-        per_pixel = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index,
-                                    reduction="none")
+        logits, per_pixel = weighted_pixel_cross_entropy(
+            logits, target, self.class_weights, self.ignore_index, type(self).__name__
+        )
         keep = ohem_keep_mask(logits, target, self.ignore_index, self.threshold, self.min_kept, per_pixel)
         weights = keep.to(logits.dtype)
         if self.class_weights is not None:

@@ -46,3 +46,37 @@ def masked_mean(values: Tensor, weights: Tensor) -> Tensor:
     """
     denom = weights.sum()
     return values.sum() / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def check_class_weights(weight: Tensor | None, num_classes: int, loss_name: str) -> None:
+    """Raise ``ValueError`` naming ``loss_name`` when ``weight`` is not ``[num_classes]``."""
+    if weight is not None and weight.numel() != num_classes:
+        raise ValueError(f"{loss_name}: {weight.numel()} class weights for {num_classes} classes")
+
+
+def weighted_pixel_cross_entropy(
+    logits: Tensor, target: Tensor, class_weights: Tensor | None, ignore_index: int, loss_name: str,
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Checked per-pixel cross-entropy, the common core of the CE-family losses.
+
+    Args:
+        logits: float ``[B, K, H, W]``.
+        target: int64 ``[B, H, W]`` with ``ignore_index`` for void.
+        class_weights: float ``[K]`` or None.
+        ignore_index: void value.
+        loss_name: named in errors.
+        label_smoothing: as in ``F.cross_entropy``.
+
+    Returns:
+        float32 logits ``[B, K, H, W]`` and the per-pixel loss float32 ``[B, H, W]`` (0 on void,
+        each pixel multiplied by its class weight).
+    """
+    check_pixel_inputs(logits, target, ignore_index, loss_name)
+    check_class_weights(class_weights, logits.shape[1], loss_name)
+    logits = logits.float()
+    per_pixel = torch.nn.functional.cross_entropy(
+        logits, target, weight=class_weights, ignore_index=ignore_index, reduction="none",
+        label_smoothing=label_smoothing,
+    )
+    return logits, per_pixel

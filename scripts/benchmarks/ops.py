@@ -21,7 +21,6 @@ from types import SimpleNamespace
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-import torch.nn.functional as F
 
 from lightning_seg.losses import SetCriterion
 from lightning_seg.ops import (

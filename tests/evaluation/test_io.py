@@ -49,7 +49,7 @@ def _metadata():
 
 def test_panoptic_writer_round_trip_scores_perfectly(tmp_path):
     meta = _metadata()
-    preds, gt_anns = [], []
+    preds = []
     seg = torch.zeros(12, 14, dtype=torch.int32)
     seg[:6, :7], seg[6:, :7], seg[:, 7:] = 5, 9, 300
     info = [
