@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,6 +114,37 @@ def valid_image(image: Tensor, image_size: Sequence[int], out_size: Sequence[int
     if out_size is not None and tuple(out_size) != (h, w):
         img = torch.nn.functional.interpolate(img[None], size=tuple(out_size), mode="bilinear", align_corners=False)[0]
     return to_numpy_uint8(img)
+
+
+def prediction_overlay(
+    image: Tensor, image_size: Sequence[int], prediction: dict[str, Any], colors: Sequence[Sequence[int]]
+) -> np.ndarray:
+    """Colour overlay of one image's prediction, drawn at the prediction's size.
+
+    Args:
+        image: float ``[3,Hp,Wp]`` in ``[0,1]`` (one image of a padded batch).
+        image_size: ``(h, w)`` valid region of ``image``.
+        prediction: one or more of ``panoptic`` (:class:`~lightning_seg.structures.PanopticPrediction`),
+            ``semantic`` (int ``[H,W]``) and ``instance``
+            (:class:`~lightning_seg.structures.InstancePrediction`); the first present in that
+            order is drawn (instances scoring at least 0.5).
+        colors: ``K`` RGB colours.
+
+    Returns:
+        uint8 ``[H,W,3]``.
+    """
+    if "panoptic" in prediction:
+        p = prediction["panoptic"]
+        seg = p["panoptic_seg"]
+        labels = {int(s["id"]): int(s["category_id"]) for s in p["segments_info"]}
+        return overlay_panoptic(valid_image(image, image_size, seg.shape), seg, labels, colors)
+    if "semantic" in prediction:
+        sem = prediction["semantic"]
+        return overlay_semantic(valid_image(image, image_size, sem.shape), sem, colors)
+    if "instance" in prediction:
+        ids, labels = instance_id_map(prediction["instance"], score_threshold=0.5)
+        return overlay_panoptic(valid_image(image, image_size, ids.shape), ids, labels, colors)
+    raise ValueError(f"no panoptic, semantic or instance prediction to draw among {sorted(prediction)}")
 
 
 def to_numpy_uint8(x: Tensor) -> np.ndarray:

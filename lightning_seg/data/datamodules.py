@@ -29,6 +29,12 @@ def _split_files(split: Split, files: dict[str, tuple[Any, ...] | None]) -> tupl
     raise ValueError(f"no files configured for the {split!r} split")
 
 
+def _json_categories(root: str, json_file: str) -> DatasetMetadata:
+    """The classes of a COCO-style JSON's ``categories`` block (shared by every split)."""
+    path = resolve(root, json_file)
+    return DatasetMetadata.from_coco_categories(load_json(path).get("categories", []), str(path))
+
+
 class CocoPanopticDataModule(SegDataModule):
     """COCO panoptic (or any dataset in its format: panoptic JSON + PNGs + images).
 
@@ -64,8 +70,7 @@ class CocoPanopticDataModule(SegDataModule):
 
     @cached_property
     def metadata(self) -> DatasetMetadata:
-        json_file = resolve(self.root, self.files["val"][0])
-        return DatasetMetadata.from_coco_categories(load_json(json_file).get("categories", []), str(json_file))
+        return _json_categories(self.root, self.files["val"][0])
 
     def build_dataset(self, split: Split, augmentation) -> Dataset:
         json_file, images, panoptic = _split_files(split, self.files)
@@ -132,8 +137,7 @@ class CocoInstanceDataModule(SegDataModule):
 
     @cached_property
     def metadata(self) -> DatasetMetadata:
-        json_file = resolve(self.root, self.files["val"][0])
-        return DatasetMetadata.from_coco_categories(load_json(json_file).get("categories", []), str(json_file))
+        return _json_categories(self.root, self.files["val"][0])
 
     def build_dataset(self, split: Split, augmentation) -> Dataset:
         json_file, images = _split_files(split, self.files)
@@ -205,13 +209,10 @@ class SemanticFolderDataModule(SegDataModule):
             "test": (test_images, test_masks) if test_images else None,
         }
         names = resolve(root, class_names) if isinstance(class_names, str) else class_names
-        self._metadata = folder_metadata(num_classes, names)
+        # set here, not lazily, so a bad class list fails when the config is read
+        self.metadata = folder_metadata(num_classes, names)
         self.reduce_zero_label = reduce_zero_label
         self.ignore_index = ignore_index
-
-    @cached_property
-    def metadata(self) -> DatasetMetadata:
-        return self._metadata
 
     def build_dataset(self, split: Split, augmentation) -> Dataset:
         images, masks = _split_files(split, self.files)

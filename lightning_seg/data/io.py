@@ -88,9 +88,7 @@ def read_label_png(path: str | Path) -> np.ndarray:
                 raise DatasetError(
                     f"{path}: label map is {im.mode}; expected a single-channel class-index PNG"
                 )
-            if im.mode == "P":
-                # Palette PNGs store the class index as the palette index.
-                return np.asarray(im)
+            # "L", "I;16" and palette ("P") PNGs all store the class index as the pixel value
             return np.asarray(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DatasetError(f"{path}: cannot read label map ({e})") from e

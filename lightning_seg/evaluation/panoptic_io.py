@@ -171,6 +171,11 @@ def prediction_to_coco_panoptic(
     return id_to_rgb(ids), {"image_id": image_id, "file_name": file_name, "segments_info": segments}
 
 
+def file_stem(image_id: int | str) -> str:
+    """File name stem of an image id: integers zero-padded to 12 digits, as COCO names its files."""
+    return f"{image_id:012d}" if isinstance(image_id, int) else str(image_id)
+
+
 def write_coco_panoptic(
     predictions: Sequence[PanopticPrediction],
     image_ids: Sequence[int | str],
@@ -194,7 +199,7 @@ def write_coco_panoptic(
     png_dir.mkdir(parents=True, exist_ok=True)
     annotations = []
     for pred, image_id in zip(predictions, image_ids):
-        stem = f"{image_id:012d}" if isinstance(image_id, int) else str(image_id)
+        stem = file_stem(image_id)
         rgb, ann = prediction_to_coco_panoptic(pred, image_id, f"{stem}.png", metadata)
         Image.fromarray(rgb, mode="RGB").save(png_dir / ann["file_name"])
         annotations.append(ann)

@@ -8,7 +8,9 @@ crop, bilinear to the original size) but band by band (:mod:`.mask_resize`), aft
 the queries that matter, so ``[Q, H, W]`` at original size never exists for all queries.
 
 Decisions are made with tensor operations over all queries; host copies happen once per
-batch (how many queries each image keeps) and once at the end (``segments_info``).
+batch (how many queries each image keeps) and once at the end (``segments_info``). The loops
+over the images of a batch remain because each image has its own valid region and original
+size, so its outputs have their own shape; no loop runs over queries, segments or pixels.
 """
 
 from __future__ import annotations

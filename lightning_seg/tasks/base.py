@@ -21,7 +21,9 @@ from lightning import LightningModule
 from PIL import Image
 from torch import Tensor, nn
 
+from lightning_seg.structures import DatasetMetadata, distinct_colors
 from lightning_seg.tasks.prediction_writer import PredictionWriter
+from lightning_seg.visualization import prediction_overlay
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +241,7 @@ class SegTask(LightningModule):
         if getattr(self, "_prediction_writer", None) is None:
             dm = getattr(self.trainer, "datamodule", None)
             self._prediction_writer = PredictionWriter(
-                Path(self.hparams.predict_dir), getattr(dm, "metadata", None), self.num_classes,
+                Path(self.hparams.predict_dir), self.dataset_metadata, self.num_classes,
                 reduce_zero_label=bool(getattr(dm, "reduce_zero_label", False)),
             )
         self._prediction_writer.write_batch(batch, preds)
@@ -256,18 +258,34 @@ class SegTask(LightningModule):
             if self.trainer.is_global_zero:
                 PredictionWriter.merge_parts(Path(self.hparams.predict_dir), world)
 
-    def log_overlays(self, batch_idx: int, make: Any) -> None:
-        """Write and log validation overlays for the first batch of an epoch (rank 0).
+    @property
+    def dataset_metadata(self) -> DatasetMetadata | None:
+        """The classes of the trainer's DataModule (None when there is none)."""
+        return getattr(getattr(self.trainer, "datamodule", None), "metadata", None)
+
+    def class_colors(self) -> list[tuple[int, int, int]]:
+        """One RGB colour per class: the dataset's, or generated ones."""
+        meta = self.dataset_metadata
+        return meta.colors if meta is not None else distinct_colors(self.num_classes)
+
+    def log_overlays(self, batch_idx: int, batch: Any, preds: dict[str, list]) -> None:
+        """Write and log colour overlays of the first validation batch of an epoch (rank 0).
 
         Args:
             batch_idx: the validation batch index (only batch 0 is drawn).
-            make: callable returning a list of (name, uint8 ``[H,W,3]``) overlays, called only
-                when overlays are due (so their cost is paid once per epoch).
+            batch: the batch.
+            preds: per kind (``panoptic``/``semantic``/``instance``) one prediction per image,
+                at the targets' size; drawn only when overlays are due.
         """
         n = self.hparams.num_overlays
         if n <= 0 or batch_idx != 0 or not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return
-        images = make()[:n]
+        colors = self.class_colors()
+        images = [
+            (str(t["image_id"]), prediction_overlay(batch["images"][i], t["image_size"],
+                                                    {k: v[i] for k, v in preds.items()}, colors))
+            for i, t in enumerate(batch["targets"][:n])
+        ]
         # trainer.log_dir is a collective (a broadcast); only rank 0 is here, so ask the logger
         log_dir = getattr(self.logger, "log_dir", None) if self.logger is not None else None
         root = Path(log_dir or self.trainer.default_root_dir)

@@ -18,9 +18,7 @@ from lightning_seg.losses.set_criterion import SetCriterion
 from lightning_seg.metrics.semantic import SemanticSegmentationMetrics
 from lightning_seg.ops import instance_inference, panoptic_inference, semantic_inference
 from lightning_seg.structures import Batch
-from lightning_seg.structures import distinct_colors
 from lightning_seg.tasks.base import SegTask
-from lightning_seg.visualization import instance_id_map, overlay_panoptic, overlay_semantic, valid_image
 
 Task = Literal["panoptic", "instance", "semantic"]
 
@@ -221,7 +219,7 @@ class MaskClassificationModule(SegTask):
     def _eval_step(self, batch: Batch, metrics: torch.nn.ModuleDict, batch_idx: int = -1) -> None:
         preds = self.predict_outputs(self.model(batch["images"]), batch, at_original_size=False)
         targets = batch["targets"]
-        self.log_overlays(batch_idx, lambda: self._overlays(batch, preds))
+        self.log_overlays(batch_idx, batch, preds)
         if "pq" in metrics:
             metrics["pq"].update(preds["panoptic"], targets)
         if "sem" in metrics:
@@ -230,24 +228,6 @@ class MaskClassificationModule(SegTask):
                 metrics["sem"].update(p[None], t["semantic"][None, :h, :w])
         if "ap" in metrics:
             metrics["ap"].update(preds["instance"], self._ap_targets(targets))
-
-    def _overlays(self, batch: Batch, preds: dict[str, list]) -> list[tuple[str, Any]]:
-        """Panoptic (or semantic) colour overlays of the batch's images at their valid size."""
-        meta = getattr(getattr(self.trainer, "datamodule", None), "metadata", None)
-        colors = meta.colors if meta is not None else distinct_colors(self.num_classes)
-        out = []
-        for i, t in enumerate(batch["targets"]):
-            img = valid_image(batch["images"][i], t["image_size"], t["target_size"])
-            if "panoptic" in preds:
-                p = preds["panoptic"][i]
-                labels = {int(s["id"]): int(s["category_id"]) for s in p["segments_info"]}
-                out.append((str(t["image_id"]), overlay_panoptic(img, p["panoptic_seg"], labels, colors)))
-            elif "semantic" in preds:
-                out.append((str(t["image_id"]), overlay_semantic(img, preds["semantic"][i], colors)))
-            elif "instance" in preds:
-                ids, labels = instance_id_map(preds["instance"][i], score_threshold=0.5)
-                out.append((str(t["image_id"]), overlay_panoptic(img, ids, labels, colors)))
-        return out
 
     @staticmethod
     def _ap_targets(targets: list) -> list[dict[str, Any]]:

@@ -16,20 +16,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
-from lightning_seg.evaluation.panoptic_io import prediction_to_coco_panoptic
+from lightning_seg.evaluation.coco_results import instance_prediction_to_coco_results
+from lightning_seg.evaluation.panoptic_io import file_stem, prediction_to_coco_panoptic
 from lightning_seg.evaluation.semantic_io import write_class_png
-from lightning_seg.metrics.rle import masks_to_coco_rles
 from lightning_seg.structures import Batch, DatasetMetadata
-from lightning_seg.visualization import overlay_panoptic, overlay_semantic, valid_image
+from lightning_seg.visualization import prediction_overlay
 
 JSON_NAMES = {"panoptic": "panoptic.json", "instance": "instances_results.json"}
-
-
-def _stem(image_id: Any) -> str:
-    return f"{image_id:012d}" if isinstance(image_id, int) else str(image_id)
 
 
 class PredictionWriter:
@@ -62,44 +57,26 @@ class PredictionWriter:
     def write_batch(self, batch: Batch, preds: dict[str, list]) -> None:
         """Write the PNGs of one batch and keep its JSON entries."""
         self.kinds |= set(preds) & set(JSON_NAMES)
-        ov_dir = self.out_dir / "overlays"
-        if self.overlays:
-            ov_dir.mkdir(parents=True, exist_ok=True)
+        for kind in ("panoptic", "semantic", "overlays"):
+            if kind in preds or (kind == "overlays" and self.overlays):
+                (self.out_dir / kind).mkdir(parents=True, exist_ok=True)
         for i, t in enumerate(batch["targets"]):
-            image_id, stem = t["image_id"], _stem(t["image_id"])
+            image_id, stem = t["image_id"], file_stem(t["image_id"])
             if "panoptic" in preds:
-                p = preds["panoptic"][i]
-                (self.out_dir / "panoptic").mkdir(parents=True, exist_ok=True)
-                rgb, ann = prediction_to_coco_panoptic(p, image_id, f"{stem}.png", self.metadata)
+                rgb, ann = prediction_to_coco_panoptic(preds["panoptic"][i], image_id, f"{stem}.png", self.metadata)
                 Image.fromarray(rgb).save(self.out_dir / "panoptic" / ann["file_name"])
                 self.entries["panoptic"].append(ann)
-                if self.overlays:
-                    labels = {int(s["id"]): int(s["category_id"]) for s in p["segments_info"]}
-                    img = valid_image(batch["images"][i], t["image_size"], p["panoptic_seg"].shape)
-                    Image.fromarray(overlay_panoptic(img, p["panoptic_seg"], labels, self.metadata.colors)).save(
-                        ov_dir / f"{stem}.png"
-                    )
             if "instance" in preds:
-                p = preds["instance"][i]
-                rles = masks_to_coco_rles(p["masks"])
-                boxes = _boxes(p["masks"])
-                for rle, label, score, box in zip(rles, p["labels"].tolist(), p["scores"].tolist(), boxes):
-                    self.entries["instance"].append(
-                        {
-                            "image_id": image_id,
-                            "category_id": self.metadata.category_ids[label],
-                            "segmentation": rle,
-                            "bbox": box,
-                            "score": float(score),
-                        }
-                    )
+                self.entries["instance"] += instance_prediction_to_coco_results(
+                    preds["instance"][i], image_id, self.metadata, with_boxes=True
+                )
             if "semantic" in preds:
-                sem = preds["semantic"][i]
-                (self.out_dir / "semantic").mkdir(parents=True, exist_ok=True)
-                write_class_png(self.out_dir / "semantic" / f"{stem}.png", sem, reduce_zero_label=self.reduce_zero_label)
-                if self.overlays and "panoptic" not in preds:
-                    img = valid_image(batch["images"][i], t["image_size"], sem.shape)
-                    Image.fromarray(overlay_semantic(img, sem, self.metadata.colors)).save(ov_dir / f"{stem}.png")
+                write_class_png(self.out_dir / "semantic" / f"{stem}.png", preds["semantic"][i],
+                                reduce_zero_label=self.reduce_zero_label)
+            if self.overlays:
+                overlay = prediction_overlay(batch["images"][i], t["image_size"],
+                                             {k: v[i] for k, v in preds.items()}, self.metadata.colors)
+                Image.fromarray(overlay).save(self.out_dir / "overlays" / f"{stem}.png")
 
     def finish(self, rank: int = 0, world_size: int = 1) -> None:
         """Write this process's JSON entries (a part file per rank when ``world_size > 1``)."""
@@ -132,21 +109,3 @@ class PredictionWriter:
             for p in parts:
                 p.unlink(missing_ok=True)
 
-
-def _boxes(masks: torch.Tensor) -> list[list[float]]:
-    """COCO ``[x, y, w, h]`` boxes of bool ``[M,H,W]`` masks (zeros for empty masks)."""
-    if masks.shape[0] == 0:
-        return []
-    rows = masks.any(2)
-    cols = masks.any(1)
-    h, w = masks.shape[-2:]
-    ar_h = torch.arange(h, device=masks.device)
-    ar_w = torch.arange(w, device=masks.device)
-    y0 = torch.where(rows, ar_h, h).min(1).values
-    y1 = torch.where(rows, ar_h, -1).max(1).values
-    x0 = torch.where(cols, ar_w, w).min(1).values
-    x1 = torch.where(cols, ar_w, -1).max(1).values
-    empty = ~rows.any(1)
-    box = torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], 1).float()
-    box[empty] = 0
-    return box.cpu().tolist()

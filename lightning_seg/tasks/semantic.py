@@ -10,9 +10,7 @@ from torch import Tensor, nn
 
 from lightning_seg.metrics.semantic import SemanticSegmentationMetrics
 from lightning_seg.structures import Batch
-from lightning_seg.structures import distinct_colors
 from lightning_seg.tasks.base import SegTask
-from lightning_seg.visualization import overlay_semantic, valid_image
 from lightning_seg.tasks.dense_inference import crop_and_resize, dense_probabilities
 
 
@@ -180,16 +178,7 @@ class SemanticSegmentationModule(SegTask):
             pred = crop_and_resize(p, t["image_size"], (h, w)).argmax(0)
             metrics.update(pred[None], t["semantic"][None, :h, :w])
             preds.append(pred)
-        self.log_overlays(batch_idx, lambda: self._overlays(batch, preds))
-
-    def _overlays(self, batch: Batch, preds: list[Tensor]) -> list[tuple[str, Any]]:
-        """Class-map colour overlays of the batch's images at the predictions' size."""
-        meta = getattr(getattr(self.trainer, "datamodule", None), "metadata", None)
-        colors = meta.colors if meta is not None else distinct_colors(self.num_classes)
-        return [
-            (str(t["image_id"]), overlay_semantic(valid_image(batch["images"][i], t["image_size"], p.shape), p, colors))
-            for i, (t, p) in enumerate(zip(batch["targets"], preds))
-        ]
+        self.log_overlays(batch_idx, batch, {"semantic": preds})
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val", batch_idx)

@@ -34,7 +34,7 @@ def test_cli_fast_dev_run(config, command, tmp_path):
         assert list((tmp_path / "overlays").rglob("*.png")), "no validation overlays written"
     if command == "predict":
         written = {p.relative_to(tmp_path / "pred").parts[0] for p in (tmp_path / "pred").rglob("*")}
-        assert "overlays" in written
+        assert list((tmp_path / "pred" / "overlays").glob("*.png")), "predict wrote no overlays"
         assert written & {"panoptic", "semantic", "instances_results.json"}
 
 
