@@ -140,8 +140,8 @@ def resize_rows(
 def row_bands(num_rows: int, row_cost: int, budget: int = 1 << 24) -> list[slice]:
     """Split ``num_rows`` output rows into bands of at most ``budget // row_cost`` rows.
 
-    Few large bands beat many small ones on CPU (per-operation overhead dominates there),
-    even though the height pass then multiplies a mostly-zero block.
+    Small bands also keep the height pass from multiplying large mostly-zero blocks; see
+    :func:`lightning_seg.ops.mask_inference.band_budget_for` for the measured defaults.
 
     Args:
         num_rows: output height.

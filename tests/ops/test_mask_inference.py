@@ -65,6 +65,17 @@ def test_semantic_crops_padding_and_resizes_per_image():
         assert (ours[i] == ref).float().mean() > 0.999
 
 
+def test_semantic_ties_go_to_the_lowest_class_id():
+    # Classes 1 and 3 get identical scores everywhere and beat the rest: argmax semantics
+    # (first maximal index) must give class 1 at every pixel, whatever the band size.
+    logits = torch.full((1, 4, K + 1), -5.0)
+    logits[..., 1] = logits[..., 3] = 4.0
+    masks = torch.randn(1, 4, 9, 11, generator=torch.Generator().manual_seed(2))
+    for budget in (None, (4 + K) * 11, 1 << 24):
+        (sem,) = semantic_inference(logits, masks, band_budget=budget)
+        assert torch.equal(sem, torch.ones(9, 11, dtype=torch.long))
+
+
 # ----------------------------------------------------------------------------- instance
 
 
