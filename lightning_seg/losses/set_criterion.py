@@ -75,6 +75,14 @@ class SetCriterion(nn.Module):
             the target size, ``[B, Q, H, W]`` float32, so keep targets modest).
         focal_alpha, focal_gamma: focal-loss parameters of the MaskFormer variant.
         solver: assignment solver, see :func:`lightning_seg.ops.hungarian_match`.
+        shared_points: Mask2Former variant only. ``True``: every decoder layer is matched at
+            the same uniform points of an image (drawn once per call, so the targets are
+            sampled once instead of once per layer), and the matched masks of an image share
+            one draw of importance-sampling candidates. ``False``: fresh matching points per
+            layer and candidates per mask, as Mask2Former and HF transformers draw them. Each
+            layer's and each mask's points have the same distribution either way, so the
+            expected loss is the same; ``True`` is about 2x faster on CPU
+            (``docs/benchmarks.md``).
 
     ``forward(outputs, targets)`` takes the model's ``pred_logits [B,Q,K+1]``,
     ``pred_masks [B,Q,h,w]`` and optional ``aux_outputs`` (list of the same), and the batch's
@@ -97,6 +105,7 @@ class SetCriterion(nn.Module):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         solver: str = "auto",
+        shared_points: bool = True,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -115,6 +124,7 @@ class SetCriterion(nn.Module):
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.solver = solver
+        self.shared_points = shared_points
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight, persistent=False)
@@ -140,10 +150,14 @@ class SetCriterion(nn.Module):
             raise ValueError(f"SetCriterion: {b} images in outputs but {len(targets)} targets")
         padded = pad_targets(targets, self.num_classes, device=pred_logits.device)
         num_masks = average_num_masks(padded.valid.sum())
-        losses = self._layer_losses(pred_logits, pred_masks, padded, num_masks)
+        match_points = None
+        if self.variant == "mask2former" and self.shared_points and padded.labels.shape[1] > 0:
+            points = torch.rand(b, self.num_points, 2, device=pred_masks.device)
+            match_points = (points, point_sample_binary(padded.masks, points))
+        losses = self._layer_losses(pred_logits, pred_masks, padded, num_masks, match_points)
         for i, aux in enumerate(outputs.get("aux_outputs") or []):  # type: ignore[union-attr]
             aux_logits, aux_masks = self._layer(aux, f"aux_outputs[{i}]")
-            layer = self._layer_losses(aux_logits, aux_masks, padded, num_masks)
+            layer = self._layer_losses(aux_logits, aux_masks, padded, num_masks, match_points)
             losses.update({f"{k}_{i}": v for k, v in layer.items()})
         return losses
 
@@ -166,7 +180,11 @@ class SetCriterion(nn.Module):
 
     @torch.no_grad()
     def match(
-        self, pred_logits: torch.Tensor, pred_masks: torch.Tensor, padded: PaddedTargets
+        self,
+        pred_logits: torch.Tensor,
+        pred_masks: torch.Tensor,
+        padded: PaddedTargets,
+        match_points: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Matching:
         """Match one layer's queries to the padded targets (no gradient).
 
@@ -174,13 +192,20 @@ class SetCriterion(nn.Module):
             pred_logits: float ``[B, Q, K+1]``.
             pred_masks: float ``[B, Q, h, w]``.
             padded: from :func:`lightning_seg.losses.set_targets.pad_targets`.
+            match_points: Mask2Former variant: float ``[B, P, 2]`` points and the targets
+                sampled there, float32 ``[B, T, P]``; ``None`` draws fresh points.
         """
         b = pred_logits.shape[0]
         wc, wm, wd = (self.weights[k] for k in LOSS_NAMES)
         if self.variant == "mask2former":
-            points = torch.rand(b, self.num_points, 2, device=pred_masks.device)
+            if match_points is None:
+                points = torch.rand(b, self.num_points, 2, device=pred_masks.device)
+                target_samples = None
+            else:
+                points, target_samples = match_points
             cost = mask_matching_costs(
-                pred_logits, pred_masks, padded.labels, padded.masks, points, wc, wm, wd
+                pred_logits, pred_masks, padded.labels, padded.masks, points, wc, wm, wd,
+                target_samples=target_samples,
             )
         else:
             cost = self._full_grid_costs(pred_logits, pred_masks, padded, wc, wm, wd)
@@ -215,8 +240,9 @@ class SetCriterion(nn.Module):
         pred_masks: torch.Tensor,
         padded: PaddedTargets,
         num_masks: torch.Tensor,
+        match_points: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        matching = self.match(pred_logits, pred_masks, padded)
+        matching = self.match(pred_logits, pred_masks, padded, match_points)
         b, q, _ = pred_logits.shape
         t = padded.labels.shape[1]
         hit = matching.target_for_pred >= 0
@@ -239,9 +265,19 @@ class SetCriterion(nn.Module):
         rows = (batch_idx * t + target_idx)[:, None]
         tgt_masks = padded.masks.reshape(b * t, *padded.masks.shape[2:])
         if self.variant == "mask2former":
-            points = sample_points_by_uncertainty(
-                src, self.num_points, self.oversample_ratio, self.importance_sample_ratio
-            )
+            if self.shared_points:
+                # Matched masks laid out by (image, target), so one bilinear pass per image
+                # scores all of its masks at the image's shared candidates.
+                by_target = pred_masks.detach().new_zeros((b, t, *pred_masks.shape[2:]))
+                by_target[batch_idx, target_idx] = src.detach()
+                points = sample_points_by_uncertainty(
+                    by_target, self.num_points, self.oversample_ratio,
+                    self.importance_sample_ratio, rows=torch.stack([batch_idx, target_idx], 1),
+                )
+            else:
+                points = sample_points_by_uncertainty(
+                    src, self.num_points, self.oversample_ratio, self.importance_sample_ratio
+                )
             labels = point_sample_binary(tgt_masks, points, rows)[:, 0]
             logits = point_sample(src.float(), points)
             loss_mask = sigmoid_bce_per_mask(logits, labels).sum() / num_masks

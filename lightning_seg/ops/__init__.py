@@ -10,6 +10,7 @@ from .panoptic_fpn_fusion import panoptic_fpn_fusion
 from .point_sampling import (
     point_sample,
     point_sample_binary,
+    point_sample_channels_last,
     sample_points_by_uncertainty,
     uncertainty_from_logits,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "panoptic_inference",
     "point_sample",
     "point_sample_binary",
+    "point_sample_channels_last",
     "resize_height",
     "resize_rows",
     "resize_taps",

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "point_sample",
+    "point_sample_channels_last",
     "point_sample_binary",
     "uncertainty_from_logits",
     "sample_points_by_uncertainty",
@@ -44,18 +45,55 @@ def point_sample(values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return out.squeeze(1) if squeeze else out
 
 
+def point_sample_channels_last(values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """:func:`point_sample` with the channels innermost in the output: ``[G, P, C]``.
+
+    Every point of group ``g`` reads the same four neighbours in all ``C`` channels, so the
+    maps are laid out pixel-major (``[G * H * W, C]``) and each point becomes one weighted sum
+    of four contiguous rows (``F.embedding_bag``). For many channels (the matcher's queries)
+    this is several times faster than ``grid_sample``, which walks the channels of every
+    point separately. Equal to :func:`point_sample` up to float summation order.
+
+    Args:
+        values: float ``[G, C, H, W]``.
+        points: float ``[G, P, 2]`` normalised ``(x, y)``; zeros outside the map.
+
+    Returns:
+        ``[G, P, C]`` in float32, or in the dtype of ``values`` if that is float64.
+    """
+    if values.ndim != 4 or points.ndim != 3 or points.shape[-1] != 2 or values.shape[0] != points.shape[0]:
+        raise ValueError(
+            f"point_sample_channels_last expects values [G,C,H,W] and points [G,P,2], got "
+            f"{tuple(values.shape)} and {tuple(points.shape)}"
+        )
+    g, c, h, w = values.shape
+    dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+    # .contiguous() matters: for G == 1 the reshape alone is a strided view, which
+    # embedding_bag reads an element at a time.
+    table = values.to(dtype).permute(0, 2, 3, 1).reshape(g * h * w, c).contiguous()
+    corners = list(_bilinear_corners(points.to(dtype), h, w))
+    offset = (torch.arange(g, device=points.device) * (h * w))[:, None, None]
+    index = torch.stack([lin for lin, _ in corners], dim=-1) + offset  # [G, P, 4]
+    weight = torch.stack([wt for _, wt in corners], dim=-1)
+    out = F.embedding_bag(
+        index.view(-1, 4), table, per_sample_weights=weight.view(-1, 4), mode="sum"
+    )
+    return out.view(g, points.shape[1], c)
+
+
 def point_sample_binary(
     masks: torch.Tensor,
     points: torch.Tensor,
     rows: torch.Tensor | None = None,
-    chunk_elements: int = 1 << 24,
+    chunk_elements: int | None = None,
 ) -> torch.Tensor:
     """Bilinearly sample binary masks at normalised points without a float copy of the stack.
 
     Equals :func:`point_sample` on ``masks.float()`` (zeros outside the map). The grouped
-    layout reads the four neighbours straight from the bool masks; the indexed layout converts
-    ``chunk_elements`` mask pixels to float at a time, so a ``[B, T, Hp, Wp]`` stack of
-    full-resolution target masks is never converted whole.
+    layout reads the four neighbours of each point straight from the uint8 view of the
+    masks (few points, many masks); the indexed layout converts ``chunk_elements`` mask pixels
+    to float at a time and samples them with ``grid_sample`` (many points per mask), so a
+    ``[B, T, Hp, Wp]`` stack of full-resolution target masks is never converted whole.
 
     Two layouts:
 
@@ -68,7 +106,9 @@ def point_sample_binary(
         masks: bool ``[G, R, H, W]`` or ``[N, H, W]``.
         points: float ``[G, P, 2]`` normalised ``(x, y)``.
         rows: int64 ``[G, R]`` indices into ``masks`` for the second layout.
-        chunk_elements: mask pixels converted to float at once.
+        chunk_elements: mask pixels converted to float at once in the indexed layout;
+            ``None``: ``2**21`` on CPU (a chunk that stays in cache: 3.5x faster than
+            ``2**24`` for 240 masks of 512x512), ``2**26`` elsewhere.
 
     Returns:
         float32 ``[G, R, P]`` sampled values in ``[0, 1]``.
@@ -81,20 +121,19 @@ def point_sample_binary(
                 f"point_sample_binary expects masks [G,R,H,W] with G={points.shape[0]} when rows "
                 f"is None, got {tuple(masks.shape)}"
             )
-        g, r, h, w = masks.shape
-    else:
-        if masks.ndim != 3 or rows.ndim != 2 or rows.shape[0] != points.shape[0]:
-            raise ValueError(
-                f"point_sample_binary expects masks [N,H,W] and rows [G={points.shape[0]},R], got "
-                f"{tuple(masks.shape)} and {tuple(rows.shape)}"
-            )
-        _, h, w = masks.shape
-        g, r = rows.shape
-    if rows is None:
         return _sample_groups_by_gather(masks, points.float())
+    if masks.ndim != 3 or rows.ndim != 2 or rows.shape[0] != points.shape[0]:
+        raise ValueError(
+            f"point_sample_binary expects masks [N,H,W] and rows [G={points.shape[0]},R], got "
+            f"{tuple(masks.shape)} and {tuple(rows.shape)}"
+        )
+    _, h, w = masks.shape
+    g, r = rows.shape
     out = torch.empty((g, r, points.shape[1]), dtype=torch.float32, device=points.device)
     if out.numel() == 0:
         return out
+    if chunk_elements is None:
+        chunk_elements = 1 << 21 if points.device.type == "cpu" else 1 << 26
     step = max(1, chunk_elements // max(r * h * w, 1))
     pts = points.float()
     for s in range(0, g, step):
@@ -109,12 +148,33 @@ def _sample_groups_by_gather(masks: torch.Tensor, points: torch.Tensor) -> torch
     """Grouped layout of :func:`point_sample_binary`: ``[G, R, H, W]`` bool at ``[G, P, 2]``.
 
     All masks of a group share the points, so the four neighbour indices are computed once per
-    group (``[G, P]``) and read from the uint8 view of every mask with an expanded index: no
-    mask is ever converted to float.
+    group (``[G, 4P]``) and read from the uint8 view of every mask in a single gather with an
+    expanded index (one gather of ``4P`` is several times faster than four of ``P``); no mask
+    is ever converted to float.
     """
     g, r, h, w = masks.shape
+    p = points.shape[1]
     data = masks.reshape(g, r, h * w).view(torch.uint8)
-    x = points[..., 0] * w - 0.5  # align_corners=False: pixel centres at (i + 0.5) / size
+    corners = list(_bilinear_corners(points, h, w))
+    index = torch.cat([lin for lin, _ in corners], dim=1)  # [G, 4P]
+    hits = torch.gather(data, 2, index.unsqueeze(1).expand(g, r, 4 * p))  # [G, R, 4P]
+    out = torch.zeros((g, r, p), dtype=torch.float32, device=points.device)
+    for k, (_, weight) in enumerate(corners):
+        out.addcmul_(hits[:, :, k * p : (k + 1) * p], weight.unsqueeze(1))
+    return out
+
+
+def _bilinear_corners(points: torch.Tensor, h: int, w: int):
+    """The four bilinear neighbours of each point, ``align_corners=False``, zeros padding.
+
+    Args:
+        points: float32 ``[G, P, 2]`` normalised ``(x, y)``.
+
+    Yields:
+        Four pairs ``(index, weight)``: int64 ``[G, P]`` flat pixel index (clamped inside the
+        map) and float32 ``[G, P]`` weight (0 where the neighbour lies outside the map).
+    """
+    x = points[..., 0] * w - 0.5  # pixel centres sit at (i + 0.5) / size
     y = points[..., 1] * h - 0.5
     x0 = torch.floor(x)
     y0 = torch.floor(y)
@@ -122,14 +182,10 @@ def _sample_groups_by_gather(masks: torch.Tensor, points: torch.Tensor) -> torch
     fy = y - y0
     x0 = x0.long()
     y0 = y0.long()
-    out = torch.zeros((g, r, points.shape[1]), dtype=torch.float32, device=points.device)
     for yy, wy in ((y0, 1.0 - fy), (y0 + 1, fy)):
         for xx, wx in ((x0, 1.0 - fx), (x0 + 1, fx)):
-            inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)  # zeros padding
-            lin = yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)
-            hit = torch.gather(data, 2, lin.unsqueeze(1).expand(g, r, -1))
-            out.addcmul_(hit, (wy * wx * inside).unsqueeze(1))
-    return out
+            inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+            yield yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1), wy * wx * inside
 
 
 def uncertainty_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -149,20 +205,35 @@ def sample_points_by_uncertainty(
     num_points: int,
     oversample_ratio: float = 3.0,
     importance_sample_ratio: float = 0.75,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """PointRend importance sampling of ``num_points`` points per mask.
 
-    Draws ``int(num_points * oversample_ratio)`` uniform points, keeps the
-    ``int(importance_sample_ratio * num_points)`` most uncertain ones (by
+    Draws ``int(num_points * oversample_ratio)`` uniform candidate points, keeps the
+    ``int(importance_sample_ratio * num_points)`` most uncertain ones for the mask (by
     :func:`uncertainty_from_logits` of the bilinearly sampled logit), and fills the rest with
-    fresh uniform points, as Mask2Former's criterion does. Random draws use ``torch.rand``
-    with shapes ``[N, num_points * oversample_ratio, 2]`` then ``[N, rest, 2]``.
+    fresh uniform points, as Mask2Former's criterion does.
+
+    Two layouts:
+
+    * ``logits`` ``[N, H, W]`` and ``rows=None``: every mask draws its own candidates
+      (``torch.rand(N, C, 2)``), Mask2Former's rule;
+    * ``logits`` ``[G, R, H, W]`` and ``rows`` int64 ``[N, 2]`` of ``(group, slot)``: the ``N``
+      listed masks are sampled and the masks of one group share one candidate draw
+      (``torch.rand(G, C, 2)``). Each mask's points have the same distribution as in the
+      first layout (its candidates are still uniform and independent of each other); only
+      masks of one group become correlated. The shared draw lets one bilinear pass serve all
+      masks of a group and costs ``N / G`` times fewer random numbers.
+
+    The fresh uniform points are drawn per mask in both layouts (``torch.rand(N, rest, 2)``).
 
     Args:
-        logits: float ``[N, H, W]`` mask logits (no gradient flows through the choice).
+        logits: float ``[N, H, W]`` or ``[G, R, H, W]`` mask logits (no gradient flows through
+            the choice).
         num_points: points per mask.
         oversample_ratio: ``>= 1``.
         importance_sample_ratio: in ``[0, 1]``.
+        rows: int64 ``[N, 2]`` masks to sample in the grouped layout.
 
     Returns:
         float32 ``[N, num_points, 2]`` normalised ``(x, y)`` points.
@@ -173,17 +244,29 @@ def sample_points_by_uncertainty(
         raise ValueError(
             f"importance_sample_ratio must be in [0, 1], got {importance_sample_ratio}"
         )
-    n = logits.shape[0]
+    grouped = rows is not None
+    if logits.ndim != (4 if grouped else 3) or (grouped and (rows.ndim != 2 or rows.shape[1] != 2)):
+        raise ValueError(
+            "sample_points_by_uncertainty expects logits [N,H,W] without rows or [G,R,H,W] with "
+            f"rows [N,2], got {tuple(logits.shape)} and "
+            f"{None if rows is None else tuple(rows.shape)}"
+        )
+    n = rows.shape[0] if grouped else logits.shape[0]
     num_sampled = int(num_points * oversample_ratio)
     num_uncertain = int(importance_sample_ratio * num_points)
     num_random = num_points - num_uncertain
     with torch.no_grad():
-        candidates = torch.rand(n, num_sampled, 2, device=logits.device)
+        candidates = torch.rand(logits.shape[0], num_sampled, 2, device=logits.device)
         point_logits = point_sample(logits.detach().float(), candidates)
+        if grouped:
+            point_logits = point_logits[rows[:, 0], rows[:, 1]]  # [N, C]
+            owner = rows[:, :1]
+        else:
+            owner = torch.arange(n, device=logits.device)[:, None]
         # The chosen set, not its order, matters: the losses average over points.
         uncertainty = uncertainty_from_logits(point_logits)
         idx = torch.topk(uncertainty, k=num_uncertain, dim=1, sorted=False)[1]
-        chosen = torch.gather(candidates, 1, idx.unsqueeze(-1).expand(-1, -1, 2))
+        chosen = candidates[owner, idx]  # [N, num_uncertain, 2]
         if num_random > 0:
             chosen = torch.cat([chosen, torch.rand(n, num_random, 2, device=logits.device)], dim=1)
     return chosen

@@ -1,9 +1,11 @@
 """Benchmark lightning_seg.ops / SetCriterion against HF transformers' Mask2Former code.
 
-Both sides run in this process on the same inputs; each line prints our time, the
-reference's time, the ratio (ours / reference, lower is better) and the peak memory growth
-of one extra call (CUDA: allocator peak; CPU: resident-set high-water mark of that call run
-in a forked single-threaded child).
+Both sides run in this process on the same inputs, in alternating rounds (see ``compare``);
+each line prints our median time, the reference's, the median within-round ratio (ours /
+reference, lower is better) with its range over rounds, and the peak memory growth of one
+extra call (CUDA: allocator peak; CPU: resident-set high-water mark of that call run in a
+forked single-threaded child). ``criterion, HF's point draws`` runs ``SetCriterion`` with
+``shared_points=False`` (fresh points per layer and per mask, as HF draws them).
 
     python scripts/benchmarks/ops.py                      # full sizes (a few minutes on CPU)
     python scripts/benchmarks/ops.py --batch 2 --aux 2    # quick
@@ -80,27 +82,46 @@ WARMUP = 1
 MEASURE_MEMORY = True
 
 
-def timed(fn, device: torch.device, repeats: int) -> tuple[float, float]:
-    """Median seconds over ``repeats`` calls after ``WARMUP`` warm-ups, and peak MiB of one call."""
+def _seconds(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def compare(name: str, ours_fn, ref_fn, device: torch.device, repeats: int, ref_name: str = "HF") -> None:
+    """Time ``ours_fn`` against ``ref_fn`` in alternating rounds and print one line.
+
+    After ``WARMUP`` calls of each, every round runs both once, alternating which goes first,
+    so load drift and allocator state (which call pays for fresh pages) fall on both sides.
+    Printed: median seconds of each side, the median over rounds of the within-round ratio
+    ours / reference (lower is better), and the peak memory of one extra call of each.
+    """
     for _ in range(WARMUP):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2], peak_memory_mib(fn, device)
-
-
-def report(name: str, ours: tuple[float, float], ref: tuple[float, float] | None, ref_name: str) -> None:
-    line = f"{name:<34} ours {ours[0] * 1e3:9.1f} ms  peak {ours[1]:7.1f} MiB"
-    if ref is not None:
-        line += f" | {ref_name} {ref[0] * 1e3:9.1f} ms  peak {ref[1]:7.1f} MiB | ratio {ours[0] / ref[0]:.3f}"
-    print(line, flush=True)
+        ours_fn()
+        ref_fn()
+    ours, ref, ratios = [], [], []
+    for r in range(repeats):
+        if r % 2 == 0:
+            a = _seconds(ours_fn, device)
+            b = _seconds(ref_fn, device)
+        else:
+            b = _seconds(ref_fn, device)
+            a = _seconds(ours_fn, device)
+        ours.append(a)
+        ref.append(b)
+        ratios.append(a / b)
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    ours_mem, ref_mem = peak_memory_mib(ours_fn, device), peak_memory_mib(ref_fn, device)
+    print(
+        f"{name:<34} ours {med(ours) * 1e3:9.1f} ms  peak {ours_mem:7.1f} MiB | {ref_name} "
+        f"{med(ref) * 1e3:9.1f} ms  peak {ref_mem:7.1f} MiB | ratio {med(ratios):.3f} "
+        f"(rounds {min(ratios):.3f}-{max(ratios):.3f})",
+        flush=True,
+    )
 
 
 def make_problem(args, device):
@@ -139,17 +160,15 @@ def bench_training(args, device):
     hf_masks = [x["masks"].float() for x in targets]
     hf_labels = [x["labels"] for x in targets]
 
+    hf = Mask2FormerHungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=args.points)
     for solver in ("scipy", "torch"):
-        ours = timed(lambda: match_masks(logits, masks, labels, tmasks, valid, num_points=args.points,
-                                         solver=solver), device, args.repeats)
-        hf = Mask2FormerHungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=args.points)
-        ref = timed(lambda: hf(masks, logits, hf_masks, hf_labels), device, args.repeats)
-        report(f"matcher (solver={solver})", ours, ref, "HF")
+        compare(f"matcher (solver={solver})",
+                lambda: match_masks(logits, masks, labels, tmasks, valid, num_points=args.points, solver=solver),
+                lambda: hf(masks, logits, hf_masks, hf_labels), device, args.repeats)
 
     cost = torch.rand(args.batch, args.queries, t, generator=torch.Generator().manual_seed(1)).to(device)
-    report("assignment only: torch vs scipy",
-           timed(lambda: solve_assignment(cost, solver="torch"), device, args.repeats),
-           timed(lambda: solve_assignment(cost, solver="scipy"), device, args.repeats), "scipy")
+    compare("assignment only: torch vs scipy", lambda: solve_assignment(cost, solver="torch"),
+            lambda: solve_assignment(cost, solver="scipy"), device, args.repeats, "scipy")
 
     crit = SetCriterion(num_classes=args.classes, num_points=args.points).to(device)
     cfg = Mask2FormerConfig(num_labels=args.classes, train_num_points=args.points, oversample_ratio=3.0,
@@ -162,9 +181,14 @@ def bench_training(args, device):
             {k: v.detach().clone().requires_grad_() for k, v in a.items()} for a in aux
         ]
 
-    def ours_step():
+    def ours_step(criterion=crit):
         (lg, mk), ax = leaves()
-        crit.total(crit({"pred_logits": lg, "pred_masks": mk, "aux_outputs": ax}, targets)).backward()
+        criterion.total(criterion({"pred_logits": lg, "pred_masks": mk, "aux_outputs": ax}, targets)).backward()
+
+    per_mask = SetCriterion(num_classes=args.classes, num_points=args.points, shared_points=False).to(device)
+
+    def ours_step_per_mask():
+        ours_step(per_mask)
 
     def hf_step():
         (lg, mk), ax = leaves()
@@ -175,10 +199,11 @@ def bench_training(args, device):
 
     global WARMUP
     WARMUP, saved = args.criterion_warmup, WARMUP
-    ours = timed(ours_step, device, args.criterion_repeats)
-    ref = timed(hf_step, device, args.criterion_repeats) if not args.skip_hf_criterion else None
+    compare(f"criterion fwd+bwd ({args.aux} aux)", ours_step, hf_step, device, args.criterion_repeats)
+    if args.criterion_repeats > 1:
+        compare(f"criterion, HF's point draws ({args.aux} aux)", ours_step_per_mask, hf_step, device,
+                args.criterion_repeats)
     WARMUP = saved
-    report(f"criterion fwd+bwd ({args.aux} aux)", ours, ref, "HF")
 
 
 def bench_inference(args, device):
@@ -193,22 +218,20 @@ def bench_inference(args, device):
     proc = Mask2FormerImageProcessor()
     things = list(range(80))
     sizes = dict(padded_size=size, image_sizes=[size] * b, orig_sizes=[size] * b)
-    report("panoptic inference",
-           timed(lambda: panoptic_inference(logits, masks, things, object_mask_threshold=0.8, **sizes),
-                 device, args.repeats),
-           timed(lambda: proc.post_process_panoptic_segmentation(outputs, threshold=0.8, target_sizes=[size] * b,
-                                                                 label_ids_to_fuse=set(range(80, k))),
-                 device, args.repeats), "HF")
-    report("instance inference (top-100)",
-           timed(lambda: instance_inference(logits, masks, topk=q, score_threshold=0.5, drop_empty=True, **sizes),
-                 device, args.repeats),
-           timed(lambda: proc.post_process_instance_segmentation(outputs, threshold=0.5, target_sizes=[size] * b,
-                                                                 return_binary_maps=True),
-                 device, args.repeats), "HF")
-    report("semantic inference",
-           timed(lambda: semantic_inference(logits, masks, **sizes), device, args.repeats),
-           timed(lambda: proc.post_process_semantic_segmentation(outputs, target_sizes=[size] * b),
-                 device, args.repeats), "HF")
+    compare("panoptic inference",
+            lambda: panoptic_inference(logits, masks, things, object_mask_threshold=0.8, **sizes),
+            lambda: proc.post_process_panoptic_segmentation(outputs, threshold=0.8, target_sizes=[size] * b,
+                                                            label_ids_to_fuse=set(range(80, k))),
+            device, args.repeats)
+    compare("instance inference (top-100)",
+            lambda: instance_inference(logits, masks, topk=q, score_threshold=0.5, drop_empty=True, **sizes),
+            lambda: proc.post_process_instance_segmentation(outputs, threshold=0.5, target_sizes=[size] * b,
+                                                            return_binary_maps=True),
+            device, args.repeats)
+    compare("semantic inference",
+            lambda: semantic_inference(logits, masks, **sizes),
+            lambda: proc.post_process_semantic_segmentation(outputs, target_sizes=[size] * b),
+            device, args.repeats)
 
 
 def _matrix_nms_per_image(masks, scores, labels, sigma=2.0):
@@ -241,9 +264,8 @@ def bench_matrix_nms(args, device):
     masks = masks.to(device)
     scores = torch.rand(b, n, generator=g).to(device)
     labels = torch.randint(0, 80, (b, n), generator=g).to(device)
-    report(f"matrix NMS {b}x{n} masks {h}x{w}",
-           timed(lambda: matrix_nms(masks, scores, labels), device, args.repeats),
-           timed(lambda: _matrix_nms_per_image(masks, scores, labels), device, args.repeats), "per-image loop")
+    compare(f"matrix NMS {b}x{n} masks {h}x{w}", lambda: matrix_nms(masks, scores, labels),
+            lambda: _matrix_nms_per_image(masks, scores, labels), device, args.repeats, "per-image loop")
 
 
 def main() -> None:
@@ -268,7 +290,6 @@ def main() -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the (one extra call) memory runs")
     p.add_argument("--criterion-repeats", type=int, default=1)
     p.add_argument("--criterion-warmup", type=int, default=0, help="the matcher runs warm up most of it")
-    p.add_argument("--skip-hf-criterion", action="store_true")
     p.add_argument("--only", choices=["training", "inference", "nms"], default=None)
     args = p.parse_args()
     device = torch.device(args.device)

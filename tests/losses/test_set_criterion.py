@@ -11,13 +11,15 @@ from lightning_seg.losses.set_mask_losses import sigmoid_focal_per_mask
 NUM_POINTS = 64
 
 
-def _fixed_rand(num_points: int):
+def _fixed_rand(num_points: int, same_rows: bool = False):
     """A stand-in for ``torch.rand`` whose values depend only on the requested shape.
 
     Shapes ``[n, num_points, 2]`` (one point set per image for matching) return the same row
     for every image, so a batched matcher and a per-image loop see the same points; other
     shapes return the first ``n`` rows of a fixed table, so the loss's point draws agree
-    whenever both sides list the matched masks in the same order.
+    whenever both sides list the matched masks in the same order. With ``same_rows`` every
+    shape returns one repeated row: then per-image draws (``SetCriterion(shared_points=True)``)
+    and per-mask draws (HF) hand every mask the same candidates.
     """
     tables: dict[int, torch.Tensor] = {}
 
@@ -28,7 +30,7 @@ def _fixed_rand(num_points: int):
         if p not in tables:
             g = torch.Generator().manual_seed(1000 + p)
             tables[p] = torch.empty(256, p, d).uniform_(generator=g)
-        if p == num_points:
+        if p == num_points or same_rows:
             out = tables[p][:1].expand(n, p, d)
         else:
             out = tables[p][:n]
@@ -64,12 +66,13 @@ def _hf_loss(k: int, num_points: int):
     return m2f.Mask2FormerLoss(cfg, weight_dict={})
 
 
-def test_matches_hf_mask2former_loss_with_aux_layers(monkeypatch):
+@pytest.mark.parametrize("shared_points", [False, True])
+def test_matches_hf_mask2former_loss_with_aux_layers(monkeypatch, shared_points):
     k = 5
     logits, masks, aux, targets = _problem(0, num_targets=(3, 0, 5))
-    ours = SetCriterion(num_classes=k, num_points=NUM_POINTS)
+    ours = SetCriterion(num_classes=k, num_points=NUM_POINTS, shared_points=shared_points)
     hf = _hf_loss(k, NUM_POINTS)
-    monkeypatch.setattr(torch, "rand", _fixed_rand(NUM_POINTS))
+    monkeypatch.setattr(torch, "rand", _fixed_rand(NUM_POINTS, same_rows=shared_points))
     got = ours({"pred_logits": logits, "pred_masks": masks, "aux_outputs": aux}, targets)
     ref = hf(
         masks, logits, [t["masks"].float() for t in targets], [t["labels"] for t in targets],
@@ -83,13 +86,14 @@ def test_matches_hf_mask2former_loss_with_aux_layers(monkeypatch):
         torch.testing.assert_close(value, ref[hf_key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-def test_gradients_match_hf(monkeypatch):
+@pytest.mark.parametrize("shared_points", [False, True])
+def test_gradients_match_hf(monkeypatch, shared_points):
     k = 5
     logits, masks, _, targets = _problem(1, num_targets=(2, 4, 3))
-    monkeypatch.setattr(torch, "rand", _fixed_rand(NUM_POINTS))
+    monkeypatch.setattr(torch, "rand", _fixed_rand(NUM_POINTS, same_rows=shared_points))
     ours_in = [logits.clone().requires_grad_(), masks.clone().requires_grad_()]
     hf_in = [logits.clone().requires_grad_(), masks.clone().requires_grad_()]
-    crit = SetCriterion(num_classes=k, num_points=NUM_POINTS)
+    crit = SetCriterion(num_classes=k, num_points=NUM_POINTS, shared_points=shared_points)
     crit.total(crit({"pred_logits": ours_in[0], "pred_masks": ours_in[1]}, targets)).backward()
     ref = _hf_loss(k, NUM_POINTS)(hf_in[1], hf_in[0], [t["masks"].float() for t in targets], [t["labels"] for t in targets])
     (2.0 * ref["loss_cross_entropy"] + 5.0 * ref["loss_mask"] + 5.0 * ref["loss_dice"]).backward()

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from lightning_seg.ops.matching import hungarian_match, mask_matching_costs, match_masks
-from lightning_seg.ops.point_sampling import point_sample
+from lightning_seg.ops.point_sampling import point_sample, point_sample_binary
 
 
 def _batch(seed: int, counts=(3, 0, 6), q=7, k=4, h=10, hp=40):
@@ -26,10 +26,16 @@ def _batch(seed: int, counts=(3, 0, 6), q=7, k=4, h=10, hp=40):
     return logits, masks, labels, tmasks, valid
 
 
-def test_costs_equal_a_per_image_loop():
+@pytest.mark.parametrize("chunk_elements", [None, 1, 7 * 50 * 2])
+def test_costs_equal_a_per_image_loop(chunk_elements):
     logits, masks, labels, tmasks, valid = _batch(0)
     pts = torch.rand(3, 50, 2, generator=torch.Generator().manual_seed(9))
-    cost = mask_matching_costs(logits, masks, labels, tmasks, pts, 2.0, 5.0, 5.0)
+    cost = mask_matching_costs(logits, masks, labels, tmasks, pts, 2.0, 5.0, 5.0, chunk_elements=chunk_elements)
+    # Targets sampled beforehand (as the set criterion does once per batch) give the same costs.
+    pre = point_sample_binary(tmasks, pts)
+    torch.testing.assert_close(
+        mask_matching_costs(logits, masks, labels, None, pts, 2.0, 5.0, 5.0, target_samples=pre), cost
+    )
     for b in range(3):
         prob = logits[b].softmax(-1)
         pm = point_sample(masks[b][:, None], pts[b][None].expand(7, -1, -1))[:, 0]  # [Q, P]

@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from lightning_seg.ops.point_sampling import point_sample, point_sample_binary, sample_points_by_uncertainty
+from lightning_seg.ops.point_sampling import (
+    point_sample,
+    point_sample_binary,
+    point_sample_channels_last,
+    sample_points_by_uncertainty,
+)
 
 
 def _bilinear_loop(img: torch.Tensor, x: float, y: float) -> float:
@@ -72,3 +77,37 @@ def test_importance_sampling_picks_most_uncertain_candidates(monkeypatch):
         best = sorted(range(30), key=lambda i: vals[i])[:7]
         assert {tuple(cand[n, i].tolist()) for i in best} == {tuple(p) for p in pts[n, :7].tolist()}
         torch.testing.assert_close(pts[n, 7:], fresh[n])
+
+
+def test_grouped_importance_sampling_shares_candidates_within_a_group(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 10, 10, generator=g)  # 2 groups (images) x 3 slots
+    rows = torch.tensor([[0, 0], [0, 2], [1, 1]])
+    cand = torch.rand(2, 30, 2, generator=g)  # one draw per group
+    fresh = torch.rand(3, 3, 2, generator=g)  # one per listed mask
+    draws = iter([cand, fresh])
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: next(draws))
+    pts = sample_points_by_uncertainty(logits, num_points=10, oversample_ratio=3, importance_sample_ratio=0.75, rows=rows)
+    assert pts.shape == (3, 10, 2)
+    for n, (gi, si) in enumerate(rows.tolist()):
+        vals = [abs(_bilinear_loop(logits[gi, si], float(x), float(y))) for x, y in cand[gi]]
+        best = sorted(range(30), key=lambda i: vals[i])[:7]
+        assert {tuple(cand[gi, i].tolist()) for i in best} == {tuple(p) for p in pts[n, :7].tolist()}
+        torch.testing.assert_close(pts[n, 7:], fresh[n])
+    with pytest.raises(ValueError, match=r"\[G,R,H,W\] with rows"):
+        sample_points_by_uncertainty(logits[0], num_points=10, rows=rows)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_channels_last_sampling_equals_point_sample(groups, dtype):
+    g = torch.Generator().manual_seed(4)
+    maps = torch.randn(groups, 5, 9, 13, generator=g).to(dtype)
+    pts = torch.rand(groups, 40, 2, generator=g) * 1.2 - 0.1  # some points outside the map
+    out = point_sample_channels_last(maps, pts)
+    assert out.shape == (groups, 40, 5)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    ref = point_sample(maps.to(out.dtype), pts.to(out.dtype)).transpose(1, 2)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\[G,C,H,W\]"):
+        point_sample_channels_last(maps[0], pts)
