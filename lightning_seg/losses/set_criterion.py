@@ -19,7 +19,7 @@ is the number of target segments in the batch, averaged over ranks when
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -27,7 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.matching import Matching, hungarian_match, mask_matching_costs
-from ..ops.point_sampling import point_sample, point_sample_binary, sample_points_by_uncertainty
+from ..ops.point_sampling import (
+    gather_points,
+    most_uncertain_candidates,
+    point_sample,
+    point_sample_binary,
+    sample_points_by_uncertainty,
+)
 from .set_mask_losses import (
     dice_per_mask,
     pairwise_sigmoid_focal,
@@ -36,9 +42,28 @@ from .set_mask_losses import (
 )
 from .set_targets import PaddedTargets, pad_targets
 
-__all__ = ["SetCriterion", "average_num_masks"]
+__all__ = ["SetCriterion", "SharedDraws", "average_num_masks"]
 
 LOSS_NAMES = ("loss_ce", "loss_mask", "loss_dice")
+
+
+class SharedDraws(NamedTuple):
+    """Random points drawn once per criterion call and reused by every decoder layer.
+
+    Attributes:
+        match_points: float32 ``[B, P, 2]`` uniform matching points per image.
+        match_targets: float32 ``[B, T, P]`` the padded targets sampled there.
+        points: float32 ``[B, C + R, 2]`` per image: ``C`` importance-sampling candidates
+            followed by ``R`` fresh uniform points.
+        targets: float32 ``[B, T, C + R]`` the padded targets sampled at ``points``.
+        num_candidates: ``C``.
+    """
+
+    match_points: torch.Tensor
+    match_targets: torch.Tensor
+    points: torch.Tensor
+    targets: torch.Tensor
+    num_candidates: int
 
 
 def average_num_masks(num_local: torch.Tensor) -> torch.Tensor:
@@ -78,11 +103,11 @@ class SetCriterion(nn.Module):
         shared_points: Mask2Former variant only. ``True``: every decoder layer is matched at
             the same uniform points of an image (drawn once per call, so the targets are
             sampled once instead of once per layer), and the matched masks of an image share
-            one draw of importance-sampling candidates. ``False``: fresh matching points per
-            layer and candidates per mask, as Mask2Former and HF transformers draw them. Each
-            layer's and each mask's points have the same distribution either way, so the
-            expected loss is the same; ``True`` is about 2x faster on CPU
-            (``docs/benchmarks.md``).
+            one draw of importance-sampling candidates and of fresh uniform points.
+            ``False``: fresh matching points per layer, candidates and fresh points per
+            mask, as Mask2Former and HF transformers draw them. Each layer's and each mask's
+            points have the same distribution either way, so the expected loss is the same;
+            ``True`` is about 1.4x faster on CPU (``docs/benchmarks.md``).
 
     ``forward(outputs, targets)`` takes the model's ``pred_logits [B,Q,K+1]``,
     ``pred_masks [B,Q,h,w]`` and optional ``aux_outputs`` (list of the same), and the batch's
@@ -150,14 +175,13 @@ class SetCriterion(nn.Module):
             raise ValueError(f"SetCriterion: {b} images in outputs but {len(targets)} targets")
         padded = pad_targets(targets, self.num_classes, device=pred_logits.device)
         num_masks = average_num_masks(padded.valid.sum())
-        match_points = None
+        shared = None
         if self.variant == "mask2former" and self.shared_points and padded.labels.shape[1] > 0:
-            points = torch.rand(b, self.num_points, 2, device=pred_masks.device)
-            match_points = (points, point_sample_binary(padded.masks, points))
-        losses = self._layer_losses(pred_logits, pred_masks, padded, num_masks, match_points)
+            shared = self.draw_shared_points(padded)
+        losses = self._layer_losses(pred_logits, pred_masks, padded, num_masks, shared)
         for i, aux in enumerate(outputs.get("aux_outputs") or []):  # type: ignore[union-attr]
             aux_logits, aux_masks = self._layer(aux, f"aux_outputs[{i}]")
-            layer = self._layer_losses(aux_logits, aux_masks, padded, num_masks, match_points)
+            layer = self._layer_losses(aux_logits, aux_masks, padded, num_masks, shared)
             losses.update({f"{k}_{i}": v for k, v in layer.items()})
         return losses
 
@@ -179,12 +203,39 @@ class SetCriterion(nn.Module):
         return logits, masks  # type: ignore[return-value]
 
     @torch.no_grad()
+    def draw_shared_points(self, padded: PaddedTargets) -> SharedDraws:
+        """Draw this call's matching points, candidates and fresh points; sample the targets.
+
+        The bool targets are read at every drawn point once (``point_sample_binary``), so
+        no decoder layer converts a target mask to float.
+        """
+        b = padded.masks.shape[0]
+        dev = padded.masks.device
+        num_candidates = int(self.num_points * self.oversample_ratio)
+        num_random = self.num_points - int(self.importance_sample_ratio * self.num_points)
+        match_points = torch.rand(b, self.num_points, 2, device=dev)
+        points = torch.cat(
+            [
+                torch.rand(b, num_candidates, 2, device=dev),
+                torch.rand(b, num_random, 2, device=dev),
+            ],
+            dim=1,
+        )
+        return SharedDraws(
+            match_points,
+            point_sample_binary(padded.masks, match_points),
+            points,
+            point_sample_binary(padded.masks, points),
+            num_candidates,
+        )
+
+    @torch.no_grad()
     def match(
         self,
         pred_logits: torch.Tensor,
         pred_masks: torch.Tensor,
         padded: PaddedTargets,
-        match_points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        shared: SharedDraws | None = None,
     ) -> Matching:
         """Match one layer's queries to the padded targets (no gradient).
 
@@ -192,17 +243,17 @@ class SetCriterion(nn.Module):
             pred_logits: float ``[B, Q, K+1]``.
             pred_masks: float ``[B, Q, h, w]``.
             padded: from :func:`lightning_seg.losses.set_targets.pad_targets`.
-            match_points: Mask2Former variant: float ``[B, P, 2]`` points and the targets
-                sampled there, float32 ``[B, T, P]``; ``None`` draws fresh points.
+            shared: Mask2Former variant: this call's :class:`SharedDraws` (matching points
+                and the targets sampled there); ``None`` draws fresh points.
         """
         b = pred_logits.shape[0]
         wc, wm, wd = (self.weights[k] for k in LOSS_NAMES)
         if self.variant == "mask2former":
-            if match_points is None:
+            if shared is None:
                 points = torch.rand(b, self.num_points, 2, device=pred_masks.device)
                 target_samples = None
             else:
-                points, target_samples = match_points
+                points, target_samples = shared.match_points, shared.match_targets
             cost = mask_matching_costs(
                 pred_logits, pred_masks, padded.labels, padded.masks, points, wc, wm, wd,
                 target_samples=target_samples,
@@ -234,15 +285,44 @@ class SetCriterion(nn.Module):
         )
         return wc * cls + wm * focal + wd * dice
 
+    @torch.no_grad()
+    def _shared_loss_points(
+        self,
+        src: torch.Tensor,
+        batch_idx: torch.Tensor,
+        target_idx: torch.Tensor,
+        num_targets: int,
+        shared: SharedDraws,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Importance-sampled points of the matched masks ``src [M, h, w]`` from the shared
+        draws, and their target values: float32 ``[M, P, 2]`` and ``[M, P]``."""
+        b = shared.points.shape[0]
+        m = src.shape[0]
+        c = shared.num_candidates
+        total = shared.points.shape[1]
+        # Matched masks laid out by (image, target), so one bilinear pass per image scores
+        # all of its masks at the image's candidates.
+        by_target = src.new_zeros((b, num_targets, *src.shape[1:]))
+        by_target[batch_idx, target_idx] = src
+        rows = torch.stack([batch_idx, target_idx], 1)
+        k = int(self.importance_sample_ratio * self.num_points)
+        idx = most_uncertain_candidates(by_target, shared.points[:, :c], k, rows)
+        fresh = torch.arange(c, total, device=src.device).expand(m, total - c)
+        point_idx = torch.cat([idx, fresh], dim=1)  # [M, P] into the image's C + R points
+        points = gather_points(shared.points, point_idx + (batch_idx * total)[:, None])
+        row_start = (batch_idx * num_targets + target_idx) * total
+        labels = shared.targets.view(-1).index_select(0, (point_idx + row_start[:, None]).view(-1))
+        return points, labels.view(m, -1)
+
     def _layer_losses(
         self,
         pred_logits: torch.Tensor,
         pred_masks: torch.Tensor,
         padded: PaddedTargets,
         num_masks: torch.Tensor,
-        match_points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        shared: SharedDraws | None = None,
     ) -> dict[str, torch.Tensor]:
-        matching = self.match(pred_logits, pred_masks, padded, match_points)
+        matching = self.match(pred_logits, pred_masks, padded, shared)
         b, q, _ = pred_logits.shape
         t = padded.labels.shape[1]
         hit = matching.target_for_pred >= 0
@@ -265,20 +345,13 @@ class SetCriterion(nn.Module):
         rows = (batch_idx * t + target_idx)[:, None]
         tgt_masks = padded.masks.reshape(b * t, *padded.masks.shape[2:])
         if self.variant == "mask2former":
-            if self.shared_points:
-                # Matched masks laid out by (image, target), so one bilinear pass per image
-                # scores all of its masks at the image's shared candidates.
-                by_target = pred_masks.detach().new_zeros((b, t, *pred_masks.shape[2:]))
-                by_target[batch_idx, target_idx] = src.detach()
-                points = sample_points_by_uncertainty(
-                    by_target, self.num_points, self.oversample_ratio,
-                    self.importance_sample_ratio, rows=torch.stack([batch_idx, target_idx], 1),
-                )
+            if shared is not None:
+                points, labels = self._shared_loss_points(src, batch_idx, target_idx, t, shared)
             else:
                 points = sample_points_by_uncertainty(
                     src, self.num_points, self.oversample_ratio, self.importance_sample_ratio
                 )
-            labels = point_sample_binary(tgt_masks, points, rows)[:, 0]
+                labels = point_sample_binary(tgt_masks, points, rows)[:, 0]
             logits = point_sample(src.float(), points)
             loss_mask = sigmoid_bce_per_mask(logits, labels).sum() / num_masks
         else:

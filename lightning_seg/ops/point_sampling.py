@@ -16,6 +16,8 @@ __all__ = [
     "point_sample_binary",
     "uncertainty_from_logits",
     "sample_points_by_uncertainty",
+    "most_uncertain_candidates",
+    "gather_points",
 ]
 
 
@@ -201,6 +203,7 @@ def uncertainty_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -logits.abs()
 
 
+@torch.no_grad()
 def sample_points_by_uncertainty(
     logits: torch.Tensor,
     num_points: int,
@@ -218,15 +221,15 @@ def sample_points_by_uncertainty(
     Two layouts:
 
     * ``logits`` ``[N, H, W]`` and ``rows=None``: every mask draws its own candidates
-      (``torch.rand(N, C, 2)``), Mask2Former's rule;
+      (``torch.rand(N, C, 2)``) and fresh points (``torch.rand(N, rest, 2)``), Mask2Former's
+      rule;
     * ``logits`` ``[G, R, H, W]`` and ``rows`` int64 ``[N, 2]`` of ``(group, slot)``: the ``N``
       listed masks are sampled and the masks of one group share one candidate draw
-      (``torch.rand(G, C, 2)``). Each mask's points have the same distribution as in the
-      first layout (its candidates are still uniform and independent of each other); only
-      masks of one group become correlated. The shared draw lets one bilinear pass serve all
-      masks of a group and costs ``N / G`` times fewer random numbers.
-
-    The fresh uniform points are drawn per mask in both layouts (``torch.rand(N, rest, 2)``).
+      (``torch.rand(G, C, 2)``) and one draw of fresh points (``torch.rand(G, rest, 2)``).
+      Each mask's points have the same distribution as in the first layout (its candidates
+      are still uniform and independent of each other); only masks of one group become
+      correlated. The shared draw lets one bilinear pass serve all masks of a group and
+      costs ``N / G`` times fewer random numbers.
 
     Args:
         logits: float ``[N, H, W]`` or ``[G, R, H, W]`` mask logits (no gradient flows through
@@ -256,34 +259,60 @@ def sample_points_by_uncertainty(
     num_sampled = int(num_points * oversample_ratio)
     num_uncertain = int(importance_sample_ratio * num_points)
     num_random = num_points - num_uncertain
-    with torch.no_grad():
-        num_draws = logits.shape[0]
-        candidates = torch.rand(num_draws, num_sampled, 2, device=logits.device)
-        # [G, R, C] or [N, C]; a fresh tensor, so the uncertainty is computed in place
-        # (uncertainty_from_logits(x) = -|x|) and no candidate-sized temporary is allocated.
-        uncertainty = point_sample(logits.detach().float(), candidates).abs_().neg_()
-        # The chosen set, not its order, matters: the losses average over points.
-        idx = torch.topk(uncertainty, k=num_uncertain, dim=-1, sorted=False)[1]
-        if grouped:
-            # Top-k ran for every slot of every group; keep the listed masks' rows only.
-            idx = idx[rows[:, 0], rows[:, 1]]  # [N, num_uncertain]
-            owner = rows[:, :1]
-        else:
-            owner = torch.arange(n, device=logits.device)[:, None]
-        chosen = _gather_points(candidates, idx.add_(owner * num_sampled))  # [N, num_uncertain, 2]
-        if num_random > 0:
-            chosen = torch.cat([chosen, torch.rand(n, num_random, 2, device=logits.device)], dim=1)
+    num_draws = logits.shape[0]
+    candidates = torch.rand(num_draws, num_sampled, 2, device=logits.device)
+    idx = most_uncertain_candidates(logits, candidates, num_uncertain, rows)
+    owner = rows[:, 0] if grouped else torch.arange(n, device=logits.device)
+    chosen = torch.empty(n, num_points, 2, device=logits.device)
+    chosen[:, :num_uncertain] = gather_points(candidates, idx.add_(owner[:, None] * num_sampled))
+    if num_random > 0:
+        fresh = torch.rand(num_draws, num_random, 2, device=logits.device)
+        chosen[:, num_uncertain:] = fresh if not grouped else fresh[owner]
     return chosen
 
 
-def _gather_points(points: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
-    """Points ``points.view(-1, 2)[flat_index]`` for float ``[G, C, 2]`` points and int64
-    ``[N, K]`` indices into the flattened ``G * C`` points; returns ``[N, K, 2]``.
+@torch.no_grad()
+def most_uncertain_candidates(
+    logits: torch.Tensor, candidates: torch.Tensor, k: int, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Indices of the ``k`` candidate points with the highest uncertainty (``-|logit|``).
+
+    Args:
+        logits: float ``[N, H, W]`` (candidates per mask) or ``[G, R, H, W]`` (candidates per
+            group, with ``rows``).
+        candidates: float ``[N, C, 2]`` or ``[G, C, 2]`` normalised ``(x, y)``.
+        k: candidates kept per mask, ``<= C``.
+        rows: int64 ``[N, 2]`` ``(group, slot)`` of the masks wanted in the grouped layout.
+
+    Returns:
+        int64 ``[N, k]`` indices into each mask's (group's) candidates, in no particular order.
+    """
+    # A fresh tensor, so the uncertainty is computed in place (uncertainty_from_logits(x) =
+    # -|x|) and no candidate-sized temporary is allocated.
+    uncertainty = point_sample(logits.detach().float(), candidates).abs_().neg_()
+    # The chosen set, not its order, matters: the losses average over points.
+    idx = torch.topk(uncertainty, k=k, dim=-1, sorted=False)[1]
+    if rows is not None:
+        # Top-k ran for every slot of every group; keep the listed masks' rows only.
+        idx = idx[rows[:, 0], rows[:, 1]]
+    return idx
+
+
+def gather_points(points: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
+    """Points ``points.reshape(-1, 2)[flat_index]``.
+
+    Args:
+        points: float ``[G, C, 2]``.
+        flat_index: int64 ``[N, K]`` indices into the ``G * C`` flattened points.
+
+    Returns:
+        ``[N, K, 2]`` in the dtype of ``points``.
 
     Each float32 ``(x, y)`` pair is read as one 64-bit word, so the copy is a single 1-D
     gather rather than advanced indexing of 2-element rows (several times faster).
     """
     if points.dtype == torch.float32 and points.is_contiguous():
         words = points.view(torch.int64).view(-1)  # one (x, y) pair per word
-        return words.take(flat_index).view(torch.float32).view(*flat_index.shape, 2)
+        picked = words.index_select(0, flat_index.reshape(-1))
+        return picked.view(torch.float32).view(*flat_index.shape, 2)
     return points.reshape(-1, 2)[flat_index]

@@ -84,7 +84,7 @@ def test_grouped_importance_sampling_shares_candidates_within_a_group(monkeypatc
     logits = torch.randn(2, 3, 10, 10, generator=g)  # 2 groups (images) x 3 slots
     rows = torch.tensor([[0, 0], [0, 2], [1, 1]])
     cand = torch.rand(2, 30, 2, generator=g)  # one draw per group
-    fresh = torch.rand(3, 3, 2, generator=g)  # one per listed mask
+    fresh = torch.rand(2, 3, 2, generator=g)  # one per group too
     draws = iter([cand, fresh])
     monkeypatch.setattr(torch, "rand", lambda *a, **k: next(draws))
     pts = sample_points_by_uncertainty(logits, num_points=10, oversample_ratio=3, importance_sample_ratio=0.75, rows=rows)
@@ -93,7 +93,7 @@ def test_grouped_importance_sampling_shares_candidates_within_a_group(monkeypatc
         vals = [abs(_bilinear_loop(logits[gi, si], float(x), float(y))) for x, y in cand[gi]]
         best = sorted(range(30), key=lambda i: vals[i])[:7]
         assert {tuple(cand[gi, i].tolist()) for i in best} == {tuple(p) for p in pts[n, :7].tolist()}
-        torch.testing.assert_close(pts[n, 7:], fresh[n])
+        torch.testing.assert_close(pts[n, 7:], fresh[gi])
     with pytest.raises(ValueError, match=r"\[G,R,H,W\] with rows"):
         sample_points_by_uncertainty(logits[0], num_points=10, rows=rows)
 
