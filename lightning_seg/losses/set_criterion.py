@@ -32,6 +32,7 @@ from ..ops.point_sampling import (
     most_uncertain_candidates,
     point_sample,
     point_sample_binary,
+    point_sample_grid,
     sample_points_by_uncertainty,
 )
 from .set_mask_losses import (
@@ -55,6 +56,7 @@ class SharedDraws(NamedTuple):
         match_targets: float32 ``[B, T, P]`` the padded targets sampled there.
         points: float32 ``[B, C + R, 2]`` per image: ``C`` importance-sampling candidates
             followed by ``R`` fresh uniform points.
+        grid: ``2 * points - 1``, the same points in ``grid_sample`` coordinates.
         targets: float32 ``[B, T, C + R]`` the padded targets sampled at ``points``.
         num_candidates: ``C``.
     """
@@ -62,6 +64,7 @@ class SharedDraws(NamedTuple):
     match_points: torch.Tensor
     match_targets: torch.Tensor
     points: torch.Tensor
+    grid: torch.Tensor
     targets: torch.Tensor
     num_candidates: int
 
@@ -225,6 +228,7 @@ class SetCriterion(nn.Module):
             match_points,
             point_sample_binary(padded.masks, match_points),
             points,
+            points.mul(2.0).sub_(1.0),
             point_sample_binary(padded.masks, points),
             num_candidates,
         )
@@ -295,7 +299,8 @@ class SetCriterion(nn.Module):
         shared: SharedDraws,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Importance-sampled points of the matched masks ``src [M, h, w]`` from the shared
-        draws, and their target values: float32 ``[M, P, 2]`` and ``[M, P]``."""
+        draws, in ``grid_sample`` coordinates, and their target values: float32
+        ``[M, P, 2]`` and ``[M, P]``."""
         b = shared.points.shape[0]
         m = src.shape[0]
         c = shared.num_candidates
@@ -309,10 +314,12 @@ class SetCriterion(nn.Module):
         idx = most_uncertain_candidates(by_target, shared.points[:, :c], k, rows)
         fresh = torch.arange(c, total, device=src.device).expand(m, total - c)
         point_idx = torch.cat([idx, fresh], dim=1)  # [M, P] into the image's C + R points
-        points = gather_points(shared.points, point_idx + (batch_idx * total)[:, None])
-        row_start = (batch_idx * num_targets + target_idx) * total
-        labels = shared.targets.view(-1).index_select(0, (point_idx + row_start[:, None]).view(-1))
-        return points, labels.view(m, -1)
+        # Offsets are added in place: [M, P] int64 temporaries are large at training sizes.
+        point_idx += (batch_idx * total)[:, None]
+        grid = gather_points(shared.grid, point_idx)
+        point_idx += (batch_idx * (num_targets - 1) * total + target_idx * total)[:, None]
+        labels = shared.targets.view(-1).index_select(0, point_idx.view(-1))
+        return grid, labels.view(m, -1)
 
     def _layer_losses(
         self,
@@ -346,13 +353,14 @@ class SetCriterion(nn.Module):
         tgt_masks = padded.masks.reshape(b * t, *padded.masks.shape[2:])
         if self.variant == "mask2former":
             if shared is not None:
-                points, labels = self._shared_loss_points(src, batch_idx, target_idx, t, shared)
+                grid, labels = self._shared_loss_points(src, batch_idx, target_idx, t, shared)
+                logits = point_sample_grid(src.float()[:, None], grid)[:, 0]
             else:
                 points = sample_points_by_uncertainty(
                     src, self.num_points, self.oversample_ratio, self.importance_sample_ratio
                 )
                 labels = point_sample_binary(tgt_masks, points, rows)[:, 0]
-            logits = point_sample(src.float(), points)
+                logits = point_sample(src.float(), points)
             loss_mask = sigmoid_bce_per_mask(logits, labels).sum() / num_masks
         else:
             h, w = tgt_masks.shape[-2:]

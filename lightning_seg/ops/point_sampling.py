@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "point_sample",
+    "point_sample_grid",
     "point_sample_channels_last",
     "point_sample_binary",
     "uncertainty_from_logits",
@@ -42,10 +43,27 @@ def point_sample(values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     if values.shape[0] != points.shape[0]:
         raise ValueError(f"point_sample: {values.shape[0]} maps but {points.shape[0]} point sets")
     # One allocation for the grid: large point sets make every temporary count on CPU.
-    grid = points.to(values.dtype).mul(2.0).sub_(1.0).unsqueeze(2)
-    out = F.grid_sample(values, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = out.squeeze(3)
+    out = point_sample_grid(values, points.to(values.dtype).mul(2.0).sub_(1.0))
     return out.squeeze(1) if squeeze else out
+
+
+def point_sample_grid(values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """:func:`point_sample` at points already in ``grid_sample`` coordinates, ``2 * p - 1``.
+
+    For callers that sample many maps at points they keep (the set criterion converts its
+    shared points once instead of once per decoder layer).
+
+    Args:
+        values: float ``[N, C, H, W]``.
+        grid: ``[N, P, 2]`` in ``[-1, 1]`` (the dtype of ``values``).
+
+    Returns:
+        ``[N, C, P]``.
+    """
+    out = F.grid_sample(
+        values, grid.unsqueeze(2), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    return out.squeeze(3)
 
 
 def point_sample_channels_last(values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
