@@ -35,12 +35,13 @@ class MatrixNMSResult(NamedTuple):
     valid: torch.Tensor
 
 
-def mask_iou_matrix(masks: torch.Tensor, chunk_pixels: int = 1 << 14) -> torch.Tensor:
+def mask_iou_matrix(masks: torch.Tensor, chunk_pixels: int = 1 << 12) -> torch.Tensor:
     """Pairwise IoU of binary masks by chunked matrix products.
 
     Args:
         masks: bool ``[B, N, H, W]`` (or ``[B, N, P]``).
-        chunk_pixels: pixels per chunk of the product.
+        chunk_pixels: pixels per chunk of the product (4096 measured fastest on CPU for
+            500 masks: the float chunk stays in cache; on GPU chunks are capped at 2048).
 
     Returns:
         float32 ``[B, N, N]`` (0 where the union is empty).
@@ -51,11 +52,14 @@ def mask_iou_matrix(masks: torch.Tensor, chunk_pixels: int = 1 << 14) -> torch.T
     dtype = torch.float16 if masks.is_cuda else torch.float32
     step = min(chunk_pixels, 2048) if dtype == torch.float16 else chunk_pixels
     inter = torch.zeros(b, n, n, dtype=torch.float32, device=masks.device)
-    area = torch.zeros(b, n, dtype=torch.float32, device=masks.device)
     for s in range(0, p, step):
         c = flat[:, :, s : s + step].to(dtype)
-        inter += torch.bmm(c, c.transpose(1, 2)).float()
-        area += c.float().sum(-1)
+        if dtype == torch.float32:
+            inter.baddbmm_(c, c.transpose(1, 2))
+        else:
+            inter += torch.bmm(c, c.transpose(1, 2)).float()
+    # Areas are the diagonal of the product (exact: integer counts in float32).
+    area = torch.diagonal(inter, dim1=1, dim2=2)
     union = area[:, :, None] + area[:, None, :] - inter
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 
@@ -70,7 +74,7 @@ def matrix_nms(
     pre_nms_topk: int | None = None,
     score_threshold: float = 0.0,
     max_detections: int | None = None,
-    chunk_pixels: int = 1 << 14,
+    chunk_pixels: int = 1 << 12,
 ) -> MatrixNMSResult:
     """Matrix NMS of a padded batch of scored binary masks.
 
@@ -108,9 +112,16 @@ def matrix_nms(
     m = order.shape[1]
     ok = torch.isfinite(s)
     lab = torch.gather(labels, 1, order)
-    sel = torch.gather(masks, 1, order[:, :, None, None].expand(-1, -1, *masks.shape[2:]))
-    sel = sel & ok[:, :, None, None]
-    iou = mask_iou_matrix(sel, chunk_pixels).triu(diagonal=1)
+    if m < n:
+        sel = torch.gather(masks, 1, order[:, :, None, None].expand(-1, -1, *masks.shape[2:]))
+        iou = mask_iou_matrix(sel, chunk_pixels)
+    else:
+        # IoU does not depend on the order, so the masks are not copied into score order:
+        # the [N, N] matrix is permuted instead.
+        iou = mask_iou_matrix(masks, chunk_pixels)
+        iou = torch.gather(iou, 1, order[:, :, None].expand(-1, -1, n))
+        iou = torch.gather(iou, 2, order[:, None, :].expand(-1, m, -1))
+    iou = iou.triu(diagonal=1)
     same = (lab[:, :, None] == lab[:, None, :]) & ok[:, :, None] & ok[:, None, :]
     decay_iou = iou * same.triu(diagonal=1)
     comp = decay_iou.amax(dim=1)  # [B, M]: strongest overlap each mask itself suffered
