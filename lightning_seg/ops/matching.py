@@ -161,7 +161,8 @@ def _point_mask_costs(
     # BCE(x, y) = softplus(-x) y + softplus(x) (1 - y) = softplus(x) - x y, so the pairwise
     # mean is a row mean minus a single batched matmul.
     bce = F.softplus(logits).mean(1)[:, :, None] - torch.bmm(tgt, logits).transpose(1, 2) / num_points
-    s = logits.sigmoid()
+    # In place when no gradient is being recorded: saves a [b, P, Q] allocation.
+    s = logits.sigmoid() if logits.requires_grad else logits.sigmoid_()
     inter = torch.bmm(tgt, s).transpose(1, 2)
     dice = 1.0 - (2.0 * inter + 1.0) / (s.sum(1)[:, :, None] + tgt.sum(-1)[:, None, :] + 1.0)
     return cost_mask * bce + cost_dice * dice

@@ -14,6 +14,7 @@ forked single-threaded child). ``criterion, HF's point draws`` runs ``SetCriteri
 from __future__ import annotations
 
 import argparse
+import ctypes
 import multiprocessing as mp
 import os
 import platform
@@ -46,6 +47,9 @@ def _rss_kib(field: str) -> int:
 def _peak_child(fn, queue) -> None:
     # libgomp cannot start a thread pool in a child forked after the parent used one.
     torch.set_num_threads(1)
+    # Hand freed heap memory back to the kernel first: memory the parent freed but kept
+    # mapped would otherwise be reused without raising the resident set, hiding the peak.
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     base = _rss_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the high-water mark to the current resident set
@@ -57,8 +61,9 @@ def peak_memory_mib(fn, device: torch.device) -> float:
     """Extra memory one call of ``fn`` needs, in MiB.
 
     CUDA: allocator peak minus allocated before. CPU: the call runs once in a forked child
-    (single-threaded), and the figure is the kernel's resident-set high-water mark minus the
-    resident set before the call, so memory cached by earlier calls cannot hide a peak.
+    (single-threaded) that first returns free heap memory to the kernel (``malloc_trim``);
+    the figure is the kernel's resident-set high-water mark minus the resident set before
+    the call, so memory cached by earlier calls cannot hide a peak.
     """
     if not MEASURE_MEMORY:
         return float("nan")
