@@ -292,27 +292,31 @@ class SetCriterion(nn.Module):
     @torch.no_grad()
     def _shared_loss_points(
         self,
-        src: torch.Tensor,
+        pred_masks: torch.Tensor,
+        matching: Matching,
         batch_idx: torch.Tensor,
         target_idx: torch.Tensor,
-        num_targets: int,
         shared: SharedDraws,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Importance-sampled points of the matched masks ``src [M, h, w]`` from the shared
-        draws, in ``grid_sample`` coordinates, and their target values: float32
-        ``[M, P, 2]`` and ``[M, P]``."""
-        b = shared.points.shape[0]
-        m = src.shape[0]
+        """Importance-sampled points of the matched masks from the shared draws, in
+        ``grid_sample`` coordinates, and their target values: float32 ``[M, P, 2]`` and
+        ``[M, P]`` for the ``M`` pairs ``(batch_idx, target_idx)``."""
+        b, q = pred_masks.shape[:2]
+        num_targets = matching.pred_for_target.shape[1]
+        m = batch_idx.shape[0]
         c = shared.num_candidates
         total = shared.points.shape[1]
         # Matched masks laid out by (image, target), so one bilinear pass per image scores
-        # all of its masks at the image's candidates.
-        by_target = src.new_zeros((b, num_targets, *src.shape[1:]))
-        by_target[batch_idx, target_idx] = src
+        # all of its masks at the image's candidates. Slots of unmatched targets get some
+        # query's mask: they are scored but never selected below.
+        slot_query = matching.pred_for_target.clamp(min=0)
+        slot_query = slot_query + torch.arange(b, device=slot_query.device)[:, None] * q
+        by_target = pred_masks.detach().flatten(0, 1).index_select(0, slot_query.view(-1))
+        by_target = by_target.view(b, num_targets, *pred_masks.shape[2:])
         rows = torch.stack([batch_idx, target_idx], 1)
         k = int(self.importance_sample_ratio * self.num_points)
         idx = most_uncertain_candidates(by_target, shared.points[:, :c], k, rows)
-        fresh = torch.arange(c, total, device=src.device).expand(m, total - c)
+        fresh = torch.arange(c, total, device=pred_masks.device).expand(m, total - c)
         point_idx = torch.cat([idx, fresh], dim=1)  # [M, P] into the image's C + R points
         # Offsets are added in place: [M, P] int64 temporaries are large at training sizes.
         point_idx += (batch_idx * total)[:, None]
@@ -353,7 +357,9 @@ class SetCriterion(nn.Module):
         tgt_masks = padded.masks.reshape(b * t, *padded.masks.shape[2:])
         if self.variant == "mask2former":
             if shared is not None:
-                grid, labels = self._shared_loss_points(src, batch_idx, target_idx, t, shared)
+                grid, labels = self._shared_loss_points(
+                    pred_masks, matching, batch_idx, target_idx, shared
+                )
                 logits = point_sample_grid(src.float()[:, None], grid)[:, 0]
             else:
                 points = sample_points_by_uncertainty(

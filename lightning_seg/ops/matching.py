@@ -128,25 +128,24 @@ def mask_matching_costs(
     cls = -torch.gather(prob, 2, labels[:, None, :].expand(b, q, t))
     if t == 0:
         return cls
-    if target_samples is None:
-        tgt = point_sample_binary(target_masks, points)  # [B, T, P]
-    elif target_samples.shape != (b, t, points.shape[1]):
+    if target_samples is not None and target_samples.shape != (b, t, points.shape[1]):
         raise ValueError(
             f"mask_matching_costs: target_samples must be [B={b}, T={t}, P={points.shape[1]}], "
             f"got {tuple(target_samples.shape)}"
         )
-    else:
-        tgt = target_samples.float()
     if chunk_elements is None:
         chunk_elements = 1 << 22 if pred_masks.device.type == "cpu" else b * q * points.shape[1]
     step = max(1, chunk_elements // max(q * points.shape[1], 1))
-    mask_cost = torch.cat(
-        [
-            _point_mask_costs(pred_masks[s : s + step], points[s : s + step], tgt[s : s + step],
-                              cost_mask, cost_dice)
-            for s in range(0, b, step)
-        ]
-    )
+    chunks = []
+    for s in range(0, b, step):
+        pts = points[s : s + step]
+        if target_samples is None:
+            # Sampled chunk by chunk, so the targets' samples are still in cache for the costs.
+            tgt = point_sample_binary(target_masks[s : s + step], pts)  # [b, T, P]
+        else:
+            tgt = target_samples[s : s + step].float()
+        chunks.append(_point_mask_costs(pred_masks[s : s + step], pts, tgt, cost_mask, cost_dice))
+    mask_cost = torch.cat(chunks)
     return cost_class * cls + mask_cost
 
 

@@ -67,9 +67,10 @@ def _hf_loss(k: int, num_points: int):
 
 
 @pytest.mark.parametrize("shared_points", [False, True])
-def test_matches_hf_mask2former_loss_with_aux_layers(monkeypatch, shared_points):
+@pytest.mark.parametrize("queries", [8, 4])  # 4 queries: some targets of image 2 stay unmatched
+def test_matches_hf_mask2former_loss_with_aux_layers(monkeypatch, shared_points, queries):
     k = 5
-    logits, masks, aux, targets = _problem(0, num_targets=(3, 0, 5))
+    logits, masks, aux, targets = _problem(0, num_targets=(3, 0, 5), q=queries)
     ours = SetCriterion(num_classes=k, num_points=NUM_POINTS, shared_points=shared_points)
     hf = _hf_loss(k, NUM_POINTS)
     monkeypatch.setattr(torch, "rand", _fixed_rand(NUM_POINTS, same_rows=shared_points))
