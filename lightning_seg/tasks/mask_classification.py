@@ -45,6 +45,10 @@ class MaskClassificationModule(SegTask):
         class_weight, mask_weight, dice_weight, eos_coef: loss weights (Mask2Former: 2, 5,
             5, 0.1; MaskFormer: 1, 20, 1, 0.1).
         num_points, oversample_ratio, importance_sample_ratio: point sampling of the loss.
+        shared_points: draw the loss's random points once per batch and share them across
+            decoder layers and the masks of an image (faster, same expected loss), or draw
+            them per layer and mask as Mask2Former does (``False``); see
+            :class:`lightning_seg.losses.SetCriterion`.
         deep_supervision: supervise every decoder layer's ``aux_outputs``.
         object_mask_threshold, overlap_threshold: panoptic inference thresholds.
         test_topk: instance inference top-k over (query, class) pairs.
@@ -82,6 +86,7 @@ class MaskClassificationModule(SegTask):
         num_points: int = 12544,
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
+        shared_points: bool = True,
         deep_supervision: bool = True,
         object_mask_threshold: float = 0.8,
         overlap_threshold: float = 0.8,
@@ -129,6 +134,7 @@ class MaskClassificationModule(SegTask):
             oversample_ratio=hp.oversample_ratio,
             importance_sample_ratio=hp.importance_sample_ratio,
             variant="mask2former" if m2f else "maskformer",
+            shared_points=hp.shared_points,
         )
 
     def configure_metrics(self) -> None:
