@@ -34,6 +34,7 @@ from ..ops.point_sampling import (
     point_sample_binary,
     point_sample_grid,
     sample_points_by_uncertainty,
+    sort_points_row_major,
 )
 from .set_mask_losses import (
     dice_per_mask,
@@ -214,13 +215,18 @@ class SetCriterion(nn.Module):
         """
         b = padded.masks.shape[0]
         dev = padded.masks.device
+        size = padded.masks.shape[-2:]
         num_candidates = int(self.num_points * self.oversample_ratio)
         num_random = self.num_points - int(self.importance_sample_ratio * self.num_points)
-        match_points = torch.rand(b, self.num_points, 2, device=dev)
+        # Each draw is a set, so it is stored in row-major pixel order: every later read of
+        # the targets and of the masks at these points is then nearly sequential.
+        match_points = sort_points_row_major(
+            torch.rand(b, self.num_points, 2, device=dev), *size
+        )
         points = torch.cat(
             [
-                torch.rand(b, num_candidates, 2, device=dev),
-                torch.rand(b, num_random, 2, device=dev),
+                sort_points_row_major(torch.rand(b, num_candidates, 2, device=dev), *size),
+                sort_points_row_major(torch.rand(b, num_random, 2, device=dev), *size),
             ],
             dim=1,
         )

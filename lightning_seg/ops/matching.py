@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .linear_assignment import solve_assignment
-from .point_sampling import point_sample_binary, point_sample_channels_last
+from .point_sampling import point_sample_binary, point_sample_channels_last, sort_points_row_major
 
 __all__ = ["Matching", "hungarian_match", "mask_matching_costs", "match_masks"]
 
@@ -136,6 +136,10 @@ def mask_matching_costs(
     if chunk_elements is None:
         chunk_elements = 1 << 22 if pred_masks.device.type == "cpu" else b * q * points.shape[1]
     step = max(1, chunk_elements // max(q * points.shape[1], 1))
+    if target_samples is None:
+        # The costs sum over points, so their order is free: row-major order makes the
+        # reads of the full-resolution targets nearly sequential.
+        points = sort_points_row_major(points, *target_masks.shape[-2:])
     chunks = []
     for s in range(0, b, step):
         pts = points[s : s + step]

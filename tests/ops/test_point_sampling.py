@@ -12,6 +12,7 @@ from lightning_seg.ops.point_sampling import (
     point_sample_binary,
     point_sample_channels_last,
     sample_points_by_uncertainty,
+    sort_points_row_major,
 )
 
 
@@ -111,3 +112,12 @@ def test_channels_last_sampling_equals_point_sample(groups, dtype):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"\[G,C,H,W\]"):
         point_sample_channels_last(maps[0], pts)
+
+
+def test_sort_points_row_major_is_a_per_group_permutation_in_pixel_order():
+    pts = torch.rand(3, 200, 2, generator=torch.Generator().manual_seed(5))
+    out = sort_points_row_major(pts, 7, 11)
+    for g in range(3):
+        assert sorted(map(tuple, out[g].tolist())) == sorted(map(tuple, pts[g].tolist()))
+        pixel = (out[g, :, 1] * 7).floor() * 11 + (out[g, :, 0] * 11).floor()
+        assert (pixel.diff() >= 0).all()
