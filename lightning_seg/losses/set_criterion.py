@@ -111,7 +111,7 @@ class SetCriterion(nn.Module):
             ``False``: fresh matching points per layer, candidates and fresh points per
             mask, as Mask2Former and HF transformers draw them. Each layer's and each mask's
             points have the same distribution either way, so the expected loss is the same;
-            ``True`` is about 1.4x faster on CPU (``docs/benchmarks.md``).
+            ``True`` is about 1.7x faster on CPU (``docs/benchmarks.md``).
 
     ``forward(outputs, targets)`` takes the model's ``pred_logits [B,Q,K+1]``,
     ``pred_masks [B,Q,h,w]`` and optional ``aux_outputs`` (list of the same), and the batch's
