@@ -127,7 +127,8 @@ def semantic_inference(
         ``B`` int64 ``[H0, W0]`` class maps.
     """
     padded, images, origs = _image_sizes(pred_masks, padded_size, image_sizes, orig_sizes)
-    band_budget = band_budget or band_budget_for(pred_masks.device, 1 << 20)
+    if band_budget is None:
+        band_budget = band_budget_for(pred_masks.device, 1 << 20)
     cls = pred_logits.float().softmax(-1)[..., :-1]  # [B, Q, K]
     q, k = cls.shape[1:]
     out = []
@@ -183,7 +184,8 @@ def instance_inference(
         ``[M]``, ``scores`` float32 ``[M]``), sorted by class score of the pair.
     """
     padded, images, origs = _image_sizes(pred_masks, padded_size, image_sizes, orig_sizes)
-    band_budget = band_budget or band_budget_for(pred_masks.device, 1 << 19)
+    if band_budget is None:
+        band_budget = band_budget_for(pred_masks.device, 1 << 19)
     b, q = pred_logits.shape[:2]
     k = pred_logits.shape[-1] - 1
     cls = pred_logits.float().softmax(-1)[..., :-1].flatten(1)  # [B, Q*K]
@@ -264,7 +266,8 @@ def panoptic_inference(
         best query in the segment).
     """
     padded, images, origs = _image_sizes(pred_masks, padded_size, image_sizes, orig_sizes)
-    band_budget = band_budget or band_budget_for(pred_masks.device, 1 << 19)
+    if band_budget is None:
+        band_budget = band_budget_for(pred_masks.device, 1 << 19)
     b, q = pred_logits.shape[:2]
     k = pred_logits.shape[-1] - 1
     dev = pred_masks.device

@@ -161,14 +161,14 @@ def _point_mask_costs(
     ``[b, T, P]`` target samples at float ``[b, P, 2]`` points; float32 ``[b, Q, T]``."""
     logits = point_sample_channels_last(pred_masks.float(), points.float())  # [b, P, Q]
     b, t, num_points = tgt.shape
-    # A row of ones under the targets makes the products also return sums over points.
-    tgt1 = torch.cat([tgt, tgt.new_ones(b, 1, num_points)], dim=1)  # [b, T+1, P]
     # BCE(x, y) = softplus(-x) y + softplus(x) (1 - y) = softplus(x) - x y, so the pairwise
     # mean is a row mean minus a single batched matmul.
-    xy = torch.bmm(tgt1[:, :t], logits)  # [b, T, Q]
+    xy = torch.bmm(tgt, logits)  # [b, T, Q]
     bce = (F.softplus(logits).mean(1)[:, None, :] - xy / num_points).transpose(1, 2)
     # In place when no gradient is being recorded: saves a [b, P, Q] allocation.
     s = logits.sigmoid() if logits.requires_grad else logits.sigmoid_()
+    # A row of ones under the targets makes the product also return the sum of s over points.
+    tgt1 = torch.cat([tgt, tgt.new_ones(b, 1, num_points)], dim=1)  # [b, T+1, P]
     inter = torch.bmm(tgt1, s)  # [b, T+1, Q]: intersections, then the sum of s
     dice = 1.0 - (2.0 * inter[:, :t] + 1.0) / (inter[:, t:] + tgt.sum(-1)[:, :, None] + 1.0)
     dice = dice.transpose(1, 2)

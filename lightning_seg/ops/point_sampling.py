@@ -83,7 +83,12 @@ def point_sample_channels_last(values: torch.Tensor, points: torch.Tensor) -> to
     Returns:
         ``[G, P, C]`` in float32, or in the dtype of ``values`` if that is float64.
     """
-    if values.ndim != 4 or points.ndim != 3 or points.shape[-1] != 2 or values.shape[0] != points.shape[0]:
+    if (
+        values.ndim != 4
+        or points.ndim != 3
+        or points.shape[-1] != 2
+        or values.shape[0] != points.shape[0]
+    ):
         raise ValueError(
             f"point_sample_channels_last expects values [G,C,H,W] and points [G,P,2], got "
             f"{tuple(values.shape)} and {tuple(points.shape)}"
@@ -229,16 +234,17 @@ def _bilinear_corners(points: torch.Tensor, h: int, w: int):
             yield yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1), wy * wx * inside
 
 
-def uncertainty_from_logits(logits: torch.Tensor) -> torch.Tensor:
+def uncertainty_from_logits(logits: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Mask2Former's point uncertainty: ``-|logit|`` (highest where the logit is near 0).
 
     Args:
         logits: float, any shape.
+        inplace: overwrite ``logits`` (no temporary of their size).
 
     Returns:
         Same shape and dtype.
     """
-    return -logits.abs()
+    return logits.abs_().neg_() if inplace else -logits.abs()
 
 
 @torch.no_grad()
@@ -247,35 +253,22 @@ def sample_points_by_uncertainty(
     num_points: int,
     oversample_ratio: float = 3.0,
     importance_sample_ratio: float = 0.75,
-    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """PointRend importance sampling of ``num_points`` points per mask.
 
-    Draws ``int(num_points * oversample_ratio)`` uniform candidate points, keeps the
-    ``int(importance_sample_ratio * num_points)`` most uncertain ones for the mask (by
+    Draws ``int(num_points * oversample_ratio)`` uniform candidate points per mask, keeps the
+    ``int(importance_sample_ratio * num_points)`` most uncertain ones (by
     :func:`uncertainty_from_logits` of the bilinearly sampled logit), and fills the rest with
-    fresh uniform points, as Mask2Former's criterion does.
-
-    Two layouts:
-
-    * ``logits`` ``[N, H, W]`` and ``rows=None``: every mask draws its own candidates
-      (``torch.rand(N, C, 2)``) and fresh points (``torch.rand(N, rest, 2)``), Mask2Former's
-      rule;
-    * ``logits`` ``[G, R, H, W]`` and ``rows`` int64 ``[N, 2]`` of ``(group, slot)``: the ``N``
-      listed masks are sampled and the masks of one group share one candidate draw
-      (``torch.rand(G, C, 2)``) and one draw of fresh points (``torch.rand(G, rest, 2)``).
-      Each mask's points have the same distribution as in the first layout (its candidates
-      are still uniform and independent of each other); only masks of one group become
-      correlated. The shared draw lets one bilinear pass serve all masks of a group and
-      costs ``N / G`` times fewer random numbers.
+    fresh uniform points, as Mask2Former's criterion does. Random draws use ``torch.rand``
+    with shapes ``[N, num_points * oversample_ratio, 2]`` then ``[N, rest, 2]``.
+    (:class:`lightning_seg.losses.SetCriterion` with ``shared_points=True`` shares one draw
+    per image instead, through :func:`most_uncertain_candidates`.)
 
     Args:
-        logits: float ``[N, H, W]`` or ``[G, R, H, W]`` mask logits (no gradient flows through
-            the choice).
+        logits: float ``[N, H, W]`` mask logits (no gradient flows through the choice).
         num_points: points per mask.
         oversample_ratio: ``>= 1``.
         importance_sample_ratio: in ``[0, 1]``.
-        rows: int64 ``[N, 2]`` masks to sample in the grouped layout.
 
     Returns:
         float32 ``[N, num_points, 2]`` normalised ``(x, y)`` points.
@@ -286,26 +279,19 @@ def sample_points_by_uncertainty(
         raise ValueError(
             f"importance_sample_ratio must be in [0, 1], got {importance_sample_ratio}"
         )
-    grouped = rows is not None
-    if logits.ndim != (4 if grouped else 3) or (grouped and (rows.ndim != 2 or rows.shape[1] != 2)):
+    if logits.ndim != 3:
         raise ValueError(
-            "sample_points_by_uncertainty expects logits [N,H,W] without rows or [G,R,H,W] with "
-            f"rows [N,2], got {tuple(logits.shape)} and "
-            f"{None if rows is None else tuple(rows.shape)}"
+            f"sample_points_by_uncertainty expects logits [N,H,W], got {tuple(logits.shape)}"
         )
-    n = rows.shape[0] if grouped else logits.shape[0]
+    n = logits.shape[0]
     num_sampled = int(num_points * oversample_ratio)
     num_uncertain = int(importance_sample_ratio * num_points)
-    num_random = num_points - num_uncertain
-    num_draws = logits.shape[0]
-    candidates = torch.rand(num_draws, num_sampled, 2, device=logits.device)
-    idx = most_uncertain_candidates(logits, candidates, num_uncertain, rows)
-    owner = rows[:, 0] if grouped else torch.arange(n, device=logits.device)
-    chosen = torch.empty(n, num_points, 2, device=logits.device)
-    chosen[:, :num_uncertain] = gather_points(candidates, idx.add_(owner[:, None] * num_sampled))
-    if num_random > 0:
-        fresh = torch.rand(num_draws, num_random, 2, device=logits.device)
-        chosen[:, num_uncertain:] = fresh if not grouped else fresh[owner]
+    candidates = torch.rand(n, num_sampled, 2, device=logits.device)
+    idx = most_uncertain_candidates(logits, candidates, num_uncertain)
+    chosen = torch.gather(candidates, 1, idx.unsqueeze(-1).expand(-1, -1, 2))
+    if num_uncertain < num_points:
+        fresh = torch.rand(n, num_points - num_uncertain, 2, device=logits.device)
+        chosen = torch.cat([chosen, fresh], dim=1)
     return chosen
 
 
@@ -325,9 +311,10 @@ def most_uncertain_candidates(
     Returns:
         int64 ``[N, k]`` indices into each mask's (group's) candidates, in no particular order.
     """
-    # A fresh tensor, so the uncertainty is computed in place (uncertainty_from_logits(x) =
-    # -|x|) and no candidate-sized temporary is allocated.
-    uncertainty = point_sample(logits.detach().float(), candidates).abs_().neg_()
+    # The sampled logits are a fresh tensor, so no candidate-sized temporary is needed.
+    uncertainty = uncertainty_from_logits(
+        point_sample(logits.detach().float(), candidates), inplace=True
+    )
     # The chosen set, not its order, matters: the losses average over points.
     idx = torch.topk(uncertainty, k=k, dim=-1, sorted=False)[1]
     if rows is not None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lightning_seg.ops.point_sampling import (
+    most_uncertain_candidates,
     point_sample,
     point_sample_binary,
     point_sample_channels_last,
@@ -80,23 +81,19 @@ def test_importance_sampling_picks_most_uncertain_candidates(monkeypatch):
         torch.testing.assert_close(pts[n, 7:], fresh[n])
 
 
-def test_grouped_importance_sampling_shares_candidates_within_a_group(monkeypatch):
+def test_grouped_uncertain_candidates_come_from_the_group_draw():
     g = torch.Generator().manual_seed(3)
     logits = torch.randn(2, 3, 10, 10, generator=g)  # 2 groups (images) x 3 slots
     rows = torch.tensor([[0, 0], [0, 2], [1, 1]])
     cand = torch.rand(2, 30, 2, generator=g)  # one draw per group
-    fresh = torch.rand(2, 3, 2, generator=g)  # one per group too
-    draws = iter([cand, fresh])
-    monkeypatch.setattr(torch, "rand", lambda *a, **k: next(draws))
-    pts = sample_points_by_uncertainty(logits, num_points=10, oversample_ratio=3, importance_sample_ratio=0.75, rows=rows)
-    assert pts.shape == (3, 10, 2)
+    idx = most_uncertain_candidates(logits, cand, 7, rows)
+    assert idx.shape == (3, 7)
     for n, (gi, si) in enumerate(rows.tolist()):
         vals = [abs(_bilinear_loop(logits[gi, si], float(x), float(y))) for x, y in cand[gi]]
-        best = sorted(range(30), key=lambda i: vals[i])[:7]
-        assert {tuple(cand[gi, i].tolist()) for i in best} == {tuple(p) for p in pts[n, :7].tolist()}
-        torch.testing.assert_close(pts[n, 7:], fresh[gi])
-    with pytest.raises(ValueError, match=r"\[G,R,H,W\] with rows"):
-        sample_points_by_uncertainty(logits[0], num_points=10, rows=rows)
+        assert set(idx[n].tolist()) == set(sorted(range(30), key=lambda i: vals[i])[:7])
+    # Ungrouped: each mask its own candidates, as sample_points_by_uncertainty uses it.
+    per_mask = most_uncertain_candidates(logits[0], cand[:1].expand(3, -1, -1), 7)
+    assert set(per_mask[2].tolist()) == set(idx[1].tolist())
 
 
 @pytest.mark.parametrize("groups", [1, 3])
