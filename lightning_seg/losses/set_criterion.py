@@ -33,8 +33,8 @@ from ..ops.point_sampling import (
     point_sample,
     point_sample_binary,
     point_sample_grid,
+    rand_points_row_major,
     sample_points_by_uncertainty,
-    sort_points_row_major,
 )
 from .set_mask_losses import (
     dice_per_mask,
@@ -53,10 +53,11 @@ class SharedDraws(NamedTuple):
     """Random points drawn once per criterion call and reused by every decoder layer.
 
     Attributes:
-        match_points: float32 ``[B, P, 2]`` uniform matching points per image.
+        match_points: float32 ``[B, P, 2]`` uniform matching points per image (each set in
+            increasing ``y``, see :func:`lightning_seg.ops.point_sampling.rand_points_row_major`).
         match_targets: float32 ``[B, T, P]`` the padded targets sampled there.
         points: float32 ``[B, C + R, 2]`` per image: ``C`` importance-sampling candidates
-            followed by ``R`` fresh uniform points.
+            followed by ``R`` fresh uniform points (each draw in increasing ``y``).
         grid: ``2 * points - 1``, the same points in ``grid_sample`` coordinates.
         targets: float32 ``[B, T, C + R]`` the padded targets sampled at ``points``.
         num_candidates: ``C``.
@@ -215,18 +216,15 @@ class SetCriterion(nn.Module):
         """
         b = padded.masks.shape[0]
         dev = padded.masks.device
-        size = padded.masks.shape[-2:]
         num_candidates = int(self.num_points * self.oversample_ratio)
         num_random = self.num_points - int(self.importance_sample_ratio * self.num_points)
-        # Each draw is a set, so it is stored in row-major pixel order: every later read of
-        # the targets and of the masks at these points is then nearly sequential.
-        match_points = sort_points_row_major(
-            torch.rand(b, self.num_points, 2, device=dev), *size
-        )
+        # Each draw is a set, so it is drawn in row-major order: every later read of the
+        # targets and of the masks at these points is then nearly sequential.
+        match_points = rand_points_row_major(b, self.num_points, device=dev)
         points = torch.cat(
             [
-                sort_points_row_major(torch.rand(b, num_candidates, 2, device=dev), *size),
-                sort_points_row_major(torch.rand(b, num_random, 2, device=dev), *size),
+                rand_points_row_major(b, num_candidates, device=dev),
+                rand_points_row_major(b, num_random, device=dev),
             ],
             dim=1,
         )
@@ -322,10 +320,13 @@ class SetCriterion(nn.Module):
         rows = torch.stack([batch_idx, target_idx], 1)
         k = int(self.importance_sample_ratio * self.num_points)
         idx = most_uncertain_candidates(by_target, shared.points[:, :c], k, rows)
-        fresh = torch.arange(c, total, device=pred_masks.device).expand(m, total - c)
-        point_idx = torch.cat([idx, fresh], dim=1)  # [M, P] into the image's C + R points
-        # Offsets are added in place: [M, P] int64 temporaries are large at training sizes.
-        point_idx += (batch_idx * total)[:, None]
+        fresh = torch.arange(c, total, device=pred_masks.device)
+        # [M, P] indices into the batch's flattened C + R points per image, written in place
+        # (no concatenated copy): [M, P] int64 temporaries are large at training sizes.
+        point_idx = torch.empty((m, k + total - c), dtype=torch.long, device=fresh.device)
+        image_start = (batch_idx * total)[:, None]
+        torch.add(idx, image_start, out=point_idx[:, :k])
+        torch.add(fresh, image_start, out=point_idx[:, k:])
         grid = gather_points(shared.grid, point_idx)
         point_idx += (batch_idx * (num_targets - 1) * total + target_idx * total)[:, None]
         labels = shared.targets.view(-1).index_select(0, point_idx.view(-1))
@@ -358,7 +359,10 @@ class SetCriterion(nn.Module):
             # Keep the graph connected so every rank sees the same parameters used.
             zero = pred_masks.float().sum() * 0.0
             return {"loss_ce": loss_ce, "loss_mask": zero, "loss_dice": zero}
-        src = pred_masks[batch_idx, pred_idx]  # [M, h, w]
+        # index_select, not advanced indexing: its backward is an index_add into the
+        # [B, Q, h, w] gradient, several times faster than the accumulating index_put of
+        # advanced indexing.
+        src = pred_masks.flatten(0, 1).index_select(0, batch_idx * q + pred_idx)  # [M, h, w]
         rows = (batch_idx * t + target_idx)[:, None]
         tgt_masks = padded.masks.reshape(b * t, *padded.masks.shape[2:])
         if self.variant == "mask2former":

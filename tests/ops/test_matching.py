@@ -53,7 +53,13 @@ def test_match_masks_equals_hf_matcher(monkeypatch):
     m2f = pytest.importorskip("transformers.models.mask2former.modeling_mask2former")
     logits, masks, labels, tmasks, valid = _batch(1, counts=(3, 0, 6, 7))
     pts = torch.rand(1, 64, 2, generator=torch.Generator().manual_seed(5))
+    import lightning_seg.ops.matching as matching
+
+    # HF draws its points with torch.rand, ours with rand_points_row_major: both get ``pts``.
     monkeypatch.setattr(torch, "rand", lambda *size, **kw: pts.expand(size[0], -1, -1).clone())
+    monkeypatch.setattr(
+        matching, "rand_points_row_major", lambda b, n, device=None, generator=None: pts.expand(b, -1, -1).clone()
+    )
     ours = match_masks(logits, masks, labels, tmasks, valid, num_points=64)
     hf = m2f.Mask2FormerHungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=64)
     counts = valid.sum(1).tolist()

@@ -13,6 +13,7 @@ from lightning_seg.ops.point_sampling import (
     point_sample_binary,
     point_sample_channels_last,
     sample_points_by_uncertainty,
+    rand_points_row_major,
     sort_points_row_major,
 )
 
@@ -118,3 +119,48 @@ def test_sort_points_row_major_is_a_per_group_permutation_in_pixel_order():
         assert sorted(map(tuple, out[g].tolist())) == sorted(map(tuple, pts[g].tolist()))
         pixel = (out[g, :, 1] * 7).floor() * 11 + (out[g, :, 0] * 11).floor()
         assert (pixel.diff() >= 0).all()
+
+
+def test_sort_points_row_major_keeps_out_of_range_and_nan_points_in_their_group():
+    pts = torch.rand(2, 50, 2, generator=torch.Generator().manual_seed(6))
+    pts[0, :5] = torch.tensor([1.0, 1.0])  # exactly on the far edge
+    pts[0, 5:8] = torch.tensor([-0.3, 1.7])
+    pts[1, 0] = float("nan")
+    out = sort_points_row_major(pts, 4, 4)
+    for g in range(2):
+        got = sorted(map(tuple, out[g].nan_to_num(9.0).tolist()))
+        assert got == sorted(map(tuple, pts[g].nan_to_num(9.0).tolist()))
+
+
+def test_rand_points_row_major_is_uniform_and_ordered_by_row():
+    stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(7)
+    pts = rand_points_row_major(4, 5000, generator=g)
+    assert pts.shape == (4, 5000, 2) and pts.dtype == torch.float32
+    assert ((pts >= 0) & (pts < 1)).all()
+    assert (pts[..., 1].diff(dim=1) >= 0).all()
+    # Pooled over a set, sorted uniforms are uniform again; x is an independent uniform.
+    for coord in (0, 1):
+        assert stats.kstest(pts[..., coord].flatten().double().numpy(), "uniform").pvalue > 1e-3
+    # Independence of x and y: x in the lower and upper half of y looks alike.
+    low, high = pts[:, :2500, 0].flatten(), pts[:, 2500:, 0].flatten()
+    assert stats.ks_2samp(low.numpy(), high.numpy()).pvalue > 1e-3
+    again = rand_points_row_major(4, 5000, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(pts, again)
+
+
+def test_most_uncertain_candidates_grouped_rows_equal_a_loop():
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(2, 3, 6, 6, generator=g) * 4
+    logits[0, 1, :2] = 0.0  # exact zeros (and -0.0) are the most uncertain
+    logits[1, 2, 3] = -0.0
+    cand = torch.rand(2, 40, 2, generator=g)
+    rows = torch.tensor([[1, 2], [0, 0], [0, 1]])  # any order, a subset of the slots
+    idx = most_uncertain_candidates(logits, cand, 9, rows)
+    assert idx.shape == (3, 9)
+    for n, (grp, slot) in enumerate(rows.tolist()):
+        vals = [abs(_bilinear_loop(logits[grp, slot], float(x), float(y))) for x, y in cand[grp]]
+        kth = sorted(vals)[8]
+        chosen = set(idx[n].tolist())
+        assert len(chosen) == 9
+        assert all(vals[i] <= kth + 1e-6 for i in chosen)
