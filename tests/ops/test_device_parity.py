@@ -1,0 +1,195 @@
+"""Every op on each available device, with that device's defaults, against the CPU result.
+
+On an accelerator the ops pick whole-batch chunks and large bands (``band_budget_for``,
+``chunk_elements``); on CPU small cache-sized ones. The CPU reference is computed in chunks
+and bands smaller than these tiny inputs (so its loops really run); the ``cpu`` case passes
+the accelerator settings explicitly, so the one-pass path an accelerator takes is checked
+here too, and the ``cuda`` case runs wherever a GPU is present.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lightning_seg.losses.set_criterion as set_criterion
+from lightning_seg.losses import SetCriterion
+from lightning_seg.ops import (
+    hungarian_match,
+    instance_inference,
+    mask_matching_costs,
+    matrix_nms,
+    panoptic_fpn_fusion,
+    panoptic_inference,
+    point_sample_binary,
+    semantic_inference,
+)
+from lightning_seg.ops.point_sampling import rand_points_row_major
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+ACCELERATOR_BAND = 1 << 24  # band_budget_for() on any device but CPU
+K = 5
+THINGS = [0, 1, 2]
+
+
+def _accelerator_kwargs(device: str, **kwargs):
+    """The accelerator defaults, spelled out on CPU (elsewhere the op picks them itself)."""
+    return kwargs if device == "cpu" else {}
+
+
+def _batch(seed: int, b: int = 3, q: int = 9, t: int = 6, size: int = 40, mask: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, q, K + 1, generator=g) * 2
+    masks = torch.randn(b, q, mask, mask, generator=g) * 3
+    labels = torch.randint(0, K, (b, t), generator=g)
+    tmasks = torch.rand(b, t, size, size, generator=g) > 0.6
+    valid = torch.ones(b, t, dtype=torch.bool)
+    valid[1, 4:] = False
+    valid[2] = False
+    return logits, masks, labels, tmasks, valid
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_matching_costs_and_assignment(device):
+    logits, masks, labels, tmasks, valid = _batch(0)
+    points = torch.rand(3, 200, 2, generator=torch.Generator().manual_seed(1))
+    ref = mask_matching_costs(logits, masks, labels, tmasks, points, chunk_elements=9 * 200)
+    whole_batch = 3 * 9 * 200
+    got = mask_matching_costs(
+        *(x.to(device) for x in (logits, masks, labels, tmasks, points)),
+        **_accelerator_kwargs(device, chunk_elements=whole_batch),
+    )
+    torch.testing.assert_close(got.cpu(), ref, rtol=1e-5, atol=1e-5)
+    best = hungarian_match(ref, target_valid=valid, solver="scipy")
+
+    def total(m):
+        b, p, t = m.pairs()
+        return ref[b.cpu(), p.cpu(), t.cpu()].sum()
+
+    for solver in ("scipy", "torch"):
+        m = hungarian_match(got, target_valid=valid.to(device), solver=solver)
+        assert m.target_for_pred.device.type == torch.device(device).type
+        assert torch.equal((m.target_for_pred >= 0).sum(1).cpu(), (best.target_for_pred >= 0).sum(1))
+        assert total(m).item() == pytest.approx(total(best).item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_binary_point_sampling_both_layouts(device):
+    _, _, _, tmasks, _ = _batch(2)
+    points = rand_points_row_major(3, 100, generator=torch.Generator().manual_seed(3))
+    grouped = point_sample_binary(tmasks.to(device), points.to(device))
+    torch.testing.assert_close(grouped.cpu(), point_sample_binary(tmasks, points))
+    flat = tmasks.flatten(0, 1)
+    rows = torch.tensor([[0, 5], [17, 3], [9, 9]])
+    got = point_sample_binary(
+        flat.to(device), points.to(device), rows.to(device),
+        **_accelerator_kwargs(device, chunk_elements=1 << 26),
+    )
+    ref = point_sample_binary(flat, points, rows, chunk_elements=40 * 40)  # one mask at a time
+    torch.testing.assert_close(got.cpu(), ref)
+
+
+def _fixed_draws():
+    """Stand-ins for ``torch.rand`` and ``rand_points_row_major`` whose values depend only on
+    the requested shape: drawn on CPU from a seeded generator, then moved to the device."""
+    real_rand = torch.rand
+
+    def rand(*size, device=None, dtype=None, generator=None, **kwargs):
+        if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)):
+            size = tuple(size[0])
+        g = torch.Generator().manual_seed(sum(size) * 31 + len(size))
+        return real_rand(*size, generator=g).to(device=device or "cpu", dtype=dtype or torch.float32)
+
+    def rows(groups, n, device=None, generator=None):
+        return rand(groups, n, 2, device=device)
+
+    return rand, rows
+
+
+@pytest.mark.parametrize("shared_points", [True, False])
+@pytest.mark.parametrize("device", DEVICES)
+def test_set_criterion_losses_and_gradients(device, shared_points, monkeypatch):
+    logits, masks, labels, tmasks, valid = _batch(4, q=7)
+    aux = [{"pred_logits": logits.flip(1), "pred_masks": masks.flip(1)}]
+    targets = [{"labels": labels[i][valid[i]], "masks": tmasks[i][valid[i]]} for i in range(3)]
+    rand, rows = _fixed_draws()
+    monkeypatch.setattr(torch, "rand", rand)
+    monkeypatch.setattr(set_criterion, "rand_points_row_major", rows)
+
+    def run(dev):
+        crit = SetCriterion(num_classes=K, num_points=48, shared_points=shared_points).to(dev)
+        lg = logits.to(dev).requires_grad_()
+        mk = masks.to(dev).requires_grad_()
+        ax = [{k: v.to(dev) for k, v in a.items()} for a in aux]
+        tg = [{k: v.to(dev) for k, v in t.items()} for t in targets]
+        losses = crit({"pred_logits": lg, "pred_masks": mk, "aux_outputs": ax}, tg)
+        crit.total(losses).backward()
+        return {k: v.detach().cpu() for k, v in losses.items()}, lg.grad.cpu(), mk.grad.cpu()
+
+    ref, got = run("cpu"), run(device)
+    assert len(ref[0]) == 6
+    for key in ref[0]:
+        torch.testing.assert_close(got[0][key], ref[0][key], rtol=1e-4, atol=1e-5, msg=key)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got[2], ref[2], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_matrix_nms(device):
+    g = torch.Generator().manual_seed(5)
+    masks = torch.rand(2, 30, 24, 24, generator=g) > 0.5
+    scores = torch.rand(2, 30, generator=g)
+    labels = torch.randint(0, 3, (2, 30), generator=g)
+    valid = torch.ones(2, 30, dtype=torch.bool)
+    valid[1, 20:] = False
+    ref = matrix_nms(masks, scores, labels, valid, score_threshold=0.1, max_detections=12, chunk_pixels=100)
+    got = matrix_nms(*(x.to(device) for x in (masks, scores, labels, valid)), score_threshold=0.1, max_detections=12)
+    for name in ("labels", "indices", "valid"):
+        assert torch.equal(getattr(got, name).cpu(), getattr(ref, name)), name
+    torch.testing.assert_close(got.scores.cpu(), ref.scores, rtol=1e-5, atol=1e-6)
+
+
+def _inference_inputs():
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(2, 8, K + 1, generator=g) * 4
+    masks = torch.randn(2, 8, 12, 12, generator=g).clamp(-1, 1) * 2 - 3
+    for i in range(2):
+        for j in range(8):
+            y, x = torch.randint(0, 7, (2,), generator=g).tolist()
+            masks[i, j, y : y + 3 + j % 3, x : x + 5] += 8
+    sizes = {"padded_size": (48, 48), "image_sizes": [(44, 40), (48, 48)], "orig_sizes": [(70, 61), (30, 30)]}
+    return logits, masks, sizes
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_semantic_instance_panoptic_inference_and_fusion(device):
+    logits, masks, sizes = _inference_inputs()
+    band = _accelerator_kwargs(device, band_budget=ACCELERATOR_BAND)
+    on = (logits.to(device), masks.to(device))
+
+    small = {"band_budget": 600}  # a few output rows per band
+    sem_ref = semantic_inference(logits, masks, **sizes, **small)
+    sem = semantic_inference(*on, **sizes, **band)
+    for a, b in zip(sem, sem_ref):
+        assert a.device.type == torch.device(device).type
+        assert (a.cpu() == b).float().mean() > 0.999
+
+    inst_ref = instance_inference(logits, masks, **sizes, topk=10, thing_classes=THINGS, **small)
+    inst = instance_inference(*on, **sizes, topk=10, thing_classes=THINGS, **band)
+    for a, b in zip(inst, inst_ref):
+        assert torch.equal(a["labels"].cpu(), b["labels"])
+        torch.testing.assert_close(a["scores"].cpu(), b["scores"], rtol=1e-5, atol=1e-6)
+        assert (a["masks"].cpu() == b["masks"]).float().mean() > 0.999
+
+    pan_ref = panoptic_inference(logits, masks, THINGS, **sizes, object_mask_threshold=0.5, **small)
+    pan = panoptic_inference(*on, THINGS, **sizes, object_mask_threshold=0.5, **band)
+    assert any(p["segments_info"] for p in pan_ref)
+    for a, b in zip(pan, pan_ref):
+        assert (a["panoptic_seg"].cpu() == b["panoptic_seg"]).float().mean() > 0.999
+        assert [s["category_id"] for s in a["segments_info"]] == [s["category_id"] for s in b["segments_info"]]
+
+    fused_ref = panoptic_fpn_fusion(inst_ref, sem_ref, THINGS, K, stuff_area_threshold=20)
+    fused = panoptic_fpn_fusion(inst, sem, THINGS, K, stuff_area_threshold=20)
+    for a, b in zip(fused, fused_ref):
+        assert (a["panoptic_seg"].cpu() == b["panoptic_seg"]).float().mean() > 0.999
+        assert [s["category_id"] for s in a["segments_info"]] == [s["category_id"] for s in b["segments_info"]]
