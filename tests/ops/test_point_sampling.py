@@ -15,6 +15,7 @@ from lightning_seg.ops.point_sampling import (
     sample_points_by_uncertainty,
     rand_points_row_major,
     sort_points_row_major,
+    uncertainty_from_logits,
 )
 
 
@@ -164,3 +165,16 @@ def test_most_uncertain_candidates_grouped_rows_equal_a_loop():
         chosen = set(idx[n].tolist())
         assert len(chosen) == 9
         assert all(vals[i] <= kth + 1e-6 for i in chosen)
+
+
+def test_most_uncertain_candidates_follow_uncertainty_from_logits():
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(5, 8, 8, generator=g) * 3
+    cand = torch.rand(5, 64, 2, generator=g)
+    idx = most_uncertain_candidates(logits, cand, 16)
+    u = uncertainty_from_logits(point_sample(logits, cand))
+    ref = torch.topk(u, 16, dim=1).indices
+    assert torch.equal(idx.sort(1).values, ref.sort(1).values)
+    x = torch.tensor([-2.0, 0.5, -0.0])
+    torch.testing.assert_close(uncertainty_from_logits(x), torch.tensor([-2.0, -0.5, 0.0]))
+    assert uncertainty_from_logits(x, inplace=True) is x
