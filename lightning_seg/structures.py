@@ -19,7 +19,7 @@ from __future__ import annotations
 import colorsys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -40,11 +40,16 @@ class Sample(TypedDict):
         semantic: int64 ``[H, W]`` class map, :data:`IGNORE_INDEX` for void.
         image_id: the dataset's image id (int for COCO-style sources, str for file stems).
         orig_size: ``(H0, W0)`` size of the image as stored on disk, before any transform.
+        boxes: float32 ``[N, 4]`` ``(x1, y1, x2, y2)`` box of each mask, in pixels of
+            ``masks`` (see :func:`masks_to_boxes`); ``[0, 0, 0, 0]`` for an empty mask.
 
     ``masks`` and ``semantic`` have the image's size, except for evaluation samples of a
     DataModule with ``eval_at_original_size`` (the default): there the evaluation transform
     (e.g. a resize) applies to the image only and the targets stay at ``orig_size``, so metrics
     are computed at the original resolution, as the COCO and ADE20K benchmarks define them.
+    ``boxes`` are always computed from ``masks`` once every transform has run, so they are in the
+    masks' frame (the augmented image, or the original image for such evaluation samples) and
+    agree with the masks after any crop, flip, resize or rotation.
     """
 
     image: torch.Tensor
@@ -55,6 +60,7 @@ class Sample(TypedDict):
     semantic: torch.Tensor
     image_id: int | str
     orig_size: tuple[int, int]
+    boxes: torch.Tensor
 
 
 class Target(TypedDict):
@@ -66,6 +72,8 @@ class Target(TypedDict):
         iscrowd: bool ``[N]``.
         is_thing: bool ``[N]``.
         semantic: int64 ``[Hp, Wp]`` (:data:`IGNORE_INDEX` in the padding).
+        boxes: float32 ``[N, 4]`` xyxy in pixels of ``masks``, as in :class:`Sample` (padding
+            at the bottom/right does not move them).
         image_id: as in :class:`Sample`.
         orig_size: ``(H0, W0)`` size on disk.
         image_size: ``(H, W)`` size of the image after the transform, before padding.
@@ -80,6 +88,7 @@ class Target(TypedDict):
     iscrowd: torch.Tensor
     is_thing: torch.Tensor
     semantic: torch.Tensor
+    boxes: torch.Tensor
     image_id: int | str
     orig_size: tuple[int, int]
     image_size: tuple[int, int]
@@ -108,11 +117,15 @@ class InstancePrediction(TypedDict):
         masks: bool ``[M, H, W]``.
         labels: int64 ``[M]`` contiguous class ids.
         scores: float32 ``[M]`` confidence in ``[0, 1]``.
+        boxes: optional float32 ``[M, 4]`` ``(x1, y1, x2, y2)`` in pixels of ``masks``, for
+            families that predict boxes; consumers without it use the masks' boxes
+            (:func:`masks_to_boxes`).
     """
 
     masks: torch.Tensor
     labels: torch.Tensor
     scores: torch.Tensor
+    boxes: NotRequired[torch.Tensor]
 
 
 class SegmentInfo(TypedDict):
@@ -272,6 +285,40 @@ class DatasetMetadata:
         )
 
 
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """The box of each mask, covering whole pixels, on the masks' device.
+
+    ``x1`` / ``y1`` are the first set column / row and ``x2`` / ``y2`` one past the last
+    (detectron2's ``BitMasks.get_bounding_boxes``; as xywh it equals pycocotools
+    ``mask.toBbox`` of the mask's RLE). An empty mask gets ``[0, 0, 0, 0]``.
+    ``torchvision.ops.masks_to_boxes`` differs: its ``x2`` / ``y2`` are the last set pixel
+    (inclusive) and it does not handle empty masks.
+
+    Args:
+        masks: bool ``[N, H, W]``.
+
+    Returns:
+        float32 ``[N, 4]`` ``(x1, y1, x2, y2)`` in pixels.
+    """
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be [N,H,W], got {tuple(masks.shape)}")
+    n, h, w = masks.shape
+    if masks.numel() == 0:
+        return torch.zeros(n, 4, dtype=torch.float32, device=masks.device)
+    rows, cols = masks.any(dim=2), masks.any(dim=1)  # [N, H], [N, W]
+
+    def extent(hit: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.arange(size, device=masks.device)
+        first = torch.where(hit, idx, size).amin(dim=1)
+        last = torch.where(hit, idx, -1).amax(dim=1)
+        return first, last + 1
+
+    x1, x2 = extent(cols, w)
+    y1, y2 = extent(rows, h)
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).float()
+    return torch.where(rows.any(dim=1, keepdim=True), boxes, 0.0)
+
+
 def empty_sample(height: int, width: int, image_id: int | str = 0) -> Sample:
     """A sample with a black image and no segments (all pixels void)."""
     return Sample(
@@ -283,14 +330,15 @@ def empty_sample(height: int, width: int, image_id: int | str = 0) -> Sample:
         semantic=torch.full((height, width), IGNORE_INDEX, dtype=torch.int64),
         image_id=image_id,
         orig_size=(height, width),
+        boxes=torch.zeros(0, 4, dtype=torch.float32),
     )
 
 
 def check_sample(sample: Sample, num_classes: int | None = None, where: str = "sample") -> None:
     """Raise ``ValueError`` naming ``where`` if ``sample`` breaks the contract.
 
-    Checks dtypes, shapes, and (when ``num_classes`` is given) that labels and semantic values
-    are contiguous class ids or :data:`IGNORE_INDEX`.
+    Checks dtypes and shapes (``boxes`` float32 ``[N, 4]`` included), and (when ``num_classes``
+    is given) that labels and semantic values are contiguous class ids or :data:`IGNORE_INDEX`.
     """
     image, masks = sample["image"], sample["masks"]
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
@@ -303,6 +351,11 @@ def check_sample(sample: Sample, num_classes: int | None = None, where: str = "s
         t = sample[key]  # type: ignore[literal-required]
         if t.dtype != dtype or tuple(t.shape) != (n,):
             raise ValueError(f"{where}: {key} must be {dtype} [{n}], got {t.dtype} {tuple(t.shape)}")
+    boxes = sample.get("boxes")
+    if boxes is None:
+        raise ValueError(f"{where}: no 'boxes' (float32 [{n},4])")
+    if boxes.dtype != torch.float32 or tuple(boxes.shape) != (n, 4):
+        raise ValueError(f"{where}: boxes must be float32 [{n},4], got {boxes.dtype} {tuple(boxes.shape)}")
     sem = sample["semantic"]
     if sem.dtype != torch.int64 or tuple(sem.shape) != (h, w):
         raise ValueError(f"{where}: semantic must be int64 [{h},{w}], got {sem.dtype} {tuple(sem.shape)}")
@@ -327,7 +380,8 @@ def collate(
     Images are converted to float32 in ``[0, 1]`` and padded at the bottom/right with zeros to
     the largest size in the batch rounded up to ``size_divisibility`` (or to ``pad_size`` when
     given). Target masks are padded with False and semantic maps with :data:`IGNORE_INDEX`, so
-    the padding never counts as a class.
+    the padding never counts as a class; ``boxes`` pass through unchanged (the padding is at the
+    bottom/right, so pixel coordinates stay the same).
 
     Args:
         samples: ``B`` samples (sizes may differ).
@@ -372,6 +426,7 @@ def collate(
                 iscrowd=s["iscrowd"],
                 is_thing=s["is_thing"],
                 semantic=F.pad(s["semantic"], pad, value=IGNORE_INDEX),
+                boxes=s["boxes"],
                 image_id=s["image_id"],
                 orig_size=tuple(s["orig_size"]),  # type: ignore[typeddict-item]
                 image_size=(h, w),

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lightning_seg.structures import IGNORE_INDEX, DatasetMetadata, Sample
+from lightning_seg.structures import IGNORE_INDEX, DatasetMetadata, Sample, masks_to_boxes
 
 
 class Record(TypedDict):
@@ -18,6 +18,7 @@ class Record(TypedDict):
     Keys mirror :class:`lightning_seg.structures.Sample`: ``image`` uint8 ``[H,W,3]``,
     ``masks`` bool ``[N,H,W]``, ``labels`` int64 ``[N]``, ``iscrowd`` bool ``[N]``,
     ``is_thing`` bool ``[N]``, ``semantic`` int64 ``[H,W]``, ``image_id``, ``orig_size``.
+    A record has no boxes: :func:`record_to_sample` derives them from the final masks.
     """
 
     image: np.ndarray
@@ -72,21 +73,28 @@ def segments_from_semantic(
 
 
 def record_to_sample(record: Record) -> Sample:
-    """Convert a numpy :class:`Record` to the tensor :class:`Sample` contract."""
+    """Convert a numpy :class:`Record` to the tensor :class:`Sample` contract.
+
+    ``boxes`` (float32 ``[N, 4]`` xyxy) are computed here from the masks, after every transform:
+    boxes moved along with the image would be wrong after crops and rotations, and the boxes
+    stored in COCO files are those of polygons, not of the rasterised masks.
+    """
     image = np.ascontiguousarray(record["image"].transpose(2, 0, 1))
     h, w = image.shape[1:]
     masks = record["masks"]
     if len(masks) == 0:
         masks = np.zeros((0, h, w), dtype=bool)
+    masks_t = torch.from_numpy(np.ascontiguousarray(masks, dtype=bool))
     return Sample(
         image=torch.from_numpy(image),
-        masks=torch.from_numpy(np.ascontiguousarray(masks, dtype=bool)),
+        masks=masks_t,
         labels=torch.as_tensor(record["labels"], dtype=torch.int64).reshape(-1),
         iscrowd=torch.as_tensor(record["iscrowd"], dtype=torch.bool).reshape(-1),
         is_thing=torch.as_tensor(record["is_thing"], dtype=torch.bool).reshape(-1),
         semantic=torch.from_numpy(np.ascontiguousarray(record["semantic"], dtype=np.int64)),
         image_id=record["image_id"],
         orig_size=tuple(int(s) for s in record["orig_size"]),  # type: ignore[typeddict-item]
+        boxes=masks_to_boxes(masks_t),
     )
 
 

@@ -27,6 +27,7 @@ from typing import Any, Union
 import albumentations as A
 import cv2
 import numpy as np
+import torch
 
 from lightning_seg.data.base import Record
 from lightning_seg.structures import IGNORE_INDEX
@@ -68,7 +69,7 @@ class RandomResizeKeepRatio(A.DualTransform):
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         h, w = params["shape"][:2]
-        r = random.uniform(*self.ratio_range)
+        r = self.py_random.uniform(*self.ratio_range)
         long_t, short_t = max(self.scale) * r, min(self.scale) * r
         factor = min(long_t / max(h, w), short_t / min(h, w))
         return {"size": (max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5)))}
@@ -115,7 +116,7 @@ class CategoryAwareRandomCrop(A.DualTransform):
         shifted = data.get("semantic")
         box = (0, 0)
         for _ in range(self.max_tries):
-            box = (random.randint(0, h - ch), random.randint(0, w - cw))
+            box = (self.py_random.randint(0, h - ch), self.py_random.randint(0, w - cw))
             if self.cat_max_ratio >= 1.0 or shifted is None:
                 break
             crop = shifted[box[0] : box[0] + ch, box[1] : box[1] + cw]
@@ -222,6 +223,21 @@ class Augmentation:
         self.transforms = list(transforms)
         self.image_only = image_only
         self.pipeline = A.Compose(self.transforms, additional_targets={"semantic": "mask"})
+        self._seed: int | None = None
+
+    def _seed_from_torch(self) -> None:
+        """Seed the pipeline from this process's torch seed, once per process.
+
+        albumentations 2 draws from its own generators and ignores the global seeds, so
+        without this ``seed_everything`` would not make augmentation reproducible. A DataLoader
+        worker's torch seed is ``base_seed + worker_id``, with ``base_seed`` drawn from the
+        (seeded) main process every epoch: workers and epochs get distinct, reproducible draws.
+        """
+        seed = torch.initial_seed() % 2**32
+        if seed != self._seed:
+            # one shared stream for all transforms (per-transform seeds would correlate them)
+            self.pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+            self._seed = seed
 
     def __repr__(self) -> str:
         return f"Augmentation({self.transforms})"
@@ -229,6 +245,7 @@ class Augmentation:
     def __call__(self, record: Record) -> Record:
         if not self.transforms:
             return record
+        self._seed_from_torch()
         if self.image_only:
             return Record(**{**record, "image": self.pipeline(image=record["image"])["image"]})  # type: ignore[typeddict-item]
         semantic = record["semantic"]

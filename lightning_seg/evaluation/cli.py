@@ -5,6 +5,8 @@ Examples::
     lightning-seg evaluate --task panoptic --gt-json panoptic_val.json --gt-dir panoptic_val/ \
         --pred-json pred.json --pred-dir pred/ --output pq.json
     lightning-seg evaluate --task instance --gt-json instances_val.json --pred-json results.json
+    lightning-seg evaluate --task instance --gt-json instances_val.json --pred-json results.json \
+        --iou-type bbox
     lightning-seg evaluate --task semantic --gt-dir annotations/ --pred-dir predictions/ \
         --num-classes 150 --reduce-zero-label --average all
 """
@@ -55,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="faster_coco_eval",
         help="instance: COCOeval implementation",
     )
+    p.add_argument(
+        "--iou-type",
+        choices=("segm", "bbox", "all"),
+        default="all",
+        help="instance: score masks, boxes, or every type the results file has (default)",
+    )
     p.add_argument("--output", type=Path, help="write the scores to this JSON file")
     return p
 
@@ -103,12 +111,24 @@ def evaluate_panoptic(gt_json: Path, gt_dir: Path, pred_json: Path, pred_dir: Pa
     return metric.report(meta.category_ids)
 
 
-def evaluate_instance(gt_json: Path, pred_json: Path, backend: str = "faster_coco_eval") -> dict[str, Any]:
-    """COCO AP / AR of a COCO results JSON: ``segm`` when it has masks, ``bbox`` when boxes.
+def evaluate_instance(
+    gt_json: Path, pred_json: Path, backend: str = "faster_coco_eval", iou_type: str = "all"
+) -> dict[str, Any]:
+    """COCO AP / AR of a COCO results JSON, for masks (``segm``) and/or boxes (``bbox``).
+
+    Args:
+        gt_json: COCO instances ground truth.
+        pred_json: COCO results list (``segmentation`` RLE and/or ``bbox`` ``[x, y, w, h]``).
+        backend: ``"faster_coco_eval"`` or ``"pycocotools"``.
+        iou_type: ``"segm"``, ``"bbox"``, or ``"all"``: ``segm`` when every detection has a
+            ``segmentation``, ``bbox`` when every detection has a ``bbox``. Asking for a type
+            the file cannot give raises ``ValueError`` naming the file.
 
     Returns:
         ``{"segm"|"bbox": {"AP","AP50","AP75","APs","APm","APl","AR1","AR10","AR100","ARs","ARm","ARl"}}``.
     """
+    if iou_type not in ("segm", "bbox", "all"):
+        raise ValueError(f"iou_type must be 'segm', 'bbox' or 'all', got {iou_type!r}")
     gt = load_json(gt_json)
     results = load_json(pred_json)
     if not isinstance(gt, dict) or not all(k in gt for k in ("images", "annotations", "categories")):
@@ -125,14 +145,28 @@ def evaluate_instance(gt_json: Path, pred_json: Path, backend: str = "faster_coc
             raise ValueError(f"{pred_json}: detection {i} is for image {r['image_id']}, not in {gt_json}")
         if r["category_id"] not in category_ids:
             raise ValueError(f"{pred_json}: detection {i} has unknown category id {r['category_id']}")
-    iou_types = []
-    if results and all("segmentation" in r for r in results):
-        iou_types.append("segm")
-    if results and all("bbox" in r for r in results):
-        iou_types.append("bbox")
-    if not iou_types:
-        raise ValueError(f"{pred_json}: detections need 'segmentation' (all of them) or 'bbox' (all of them)")
-    return {t: coco_evaluate(gt, results, t, backend) for t in iou_types}  # type: ignore[arg-type]
+    key_of = {"segm": "segmentation", "bbox": "bbox"}
+    available = [t for t, key in key_of.items() if results and all(key in r for r in results)]
+    if iou_type == "all":
+        if not available:
+            raise ValueError(f"{pred_json}: detections need 'segmentation' (all of them) or 'bbox' (all of them)")
+        iou_types = available
+    elif iou_type not in available:
+        missing = next((i for i, r in enumerate(results) if key_of[iou_type] not in r), None)
+        where = "the file has no detections" if missing is None else f"detection {missing} has none"
+        raise ValueError(
+            f"{pred_json}: --iou-type {iou_type} needs a '{key_of[iou_type]}' in every detection; {where}"
+        )
+    else:
+        iou_types = [iou_type]
+    # Each type is scored on its own geometry only: COCO's loadRes takes a detection's area
+    # (its size bucket) from its "bbox" whenever there is one.
+    drop = {"segm": "bbox", "bbox": "segmentation"}
+    scores = {}
+    for t in iou_types:
+        own = [{k: v for k, v in r.items() if k != drop[t]} for r in results]
+        scores[t] = coco_evaluate(gt, own, t, backend)  # type: ignore[arg-type]
+    return scores
 
 
 def evaluate_semantic(
@@ -209,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             result = evaluate_panoptic(args.gt_json, args.gt_dir, args.pred_json, args.pred_dir)
         elif args.task == "instance":
             _require(args, "gt_json", "pred_json")
-            result = evaluate_instance(args.gt_json, args.pred_json, args.backend)
+            result = evaluate_instance(args.gt_json, args.pred_json, args.backend, args.iou_type)
         else:
             _require(args, "gt_dir", "pred_dir", "num_classes")
             result = evaluate_semantic(

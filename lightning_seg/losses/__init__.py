@@ -1,4 +1,4 @@
-"""Losses: the set criterion of mask-classification models and the per-pixel losses."""
+"""Losses: the set criterion of query-based models (by term) and the per-pixel losses."""
 
 from lightning_seg.losses.class_weights import (
     class_weights_from_counts,
@@ -6,7 +6,7 @@ from lightning_seg.losses.class_weights import (
     count_class_pixels,
     load_class_weights,
 )
-from lightning_seg.losses.combined import AuxiliaryHeadLoss, CombinedLoss
+from lightning_seg.losses.combined import CombinedLoss
 from lightning_seg.losses.cross_entropy import CrossEntropyLoss
 from lightning_seg.losses.dice import DiceLoss
 from lightning_seg.losses.focal import FocalLoss
@@ -15,7 +15,6 @@ from lightning_seg.losses.ohem import OhemCrossEntropyLoss, ohem_keep_mask
 from lightning_seg.losses.set_criterion import SetCriterion
 
 __all__ = [
-    "AuxiliaryHeadLoss",
     "CombinedLoss",
     "CrossEntropyLoss",
     "DiceLoss",

@@ -1,9 +1,9 @@
-"""Weighted sums of losses, and the main + auxiliary-head loss of models with an aux head."""
+"""Weighted sums of per-pixel losses, configurable from YAML."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -59,35 +59,4 @@ class CombinedLoss(nn.Module):
         for w, loss in zip(self.weights, self.losses):
             value = w * loss(logits, target)
             total = value if total is None else total + value
-        return total
-
-
-class AuxiliaryHeadLoss(nn.Module):
-    """Loss of a model returning ``{"out": logits, "aux": aux_logits}``: ``L(out) + aux_weight * L_aux(aux)``.
-
-    Plain tensor outputs (models without an aux head) get ``L(out)``.
-
-    Args:
-        loss: loss on the main logits.
-        aux_weight: weight of the auxiliary term (0.4 in PSPNet / mmsegmentation configs).
-        aux_loss: loss on the auxiliary logits (default: ``loss``).
-    """
-
-    def __init__(self, loss: nn.Module, aux_weight: float = 0.4, aux_loss: nn.Module | None = None) -> None:
-        super().__init__()
-        if aux_weight < 0:
-            raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
-        self.loss = loss
-        self.aux_weight = aux_weight
-        self.aux_loss = aux_loss
-
-    def forward(self, outputs: Tensor | Mapping[str, Tensor], target: Tensor) -> Tensor:
-        """``outputs``: logits ``[B, K, H, W]`` or ``{"out", "aux"}`` of them; target int64 ``[B, H, W]``."""
-        if isinstance(outputs, Tensor):
-            return self.loss(outputs, target)
-        if "out" not in outputs:
-            raise ValueError(f"AuxiliaryHeadLoss expects a dict with 'out' (and 'aux'), got keys {sorted(outputs)}")
-        total = self.loss(outputs["out"], target)
-        if "aux" in outputs and self.aux_weight > 0:
-            total = total + self.aux_weight * (self.aux_loss or self.loss)(outputs["aux"], target)
         return total

@@ -1,7 +1,8 @@
-"""Per-mask losses of the set criterion and their pairwise (matching-cost) forms.
+"""Per-mask losses of the set criterion's matched pairs (their pairwise matching-cost forms
+are in :mod:`lightning_seg.ops.matching_costs`).
 
-All take mask logits and soft targets sampled at the same points, ``[M, P]`` for matched
-pairs or ``[B, Q, P]`` / ``[B, T, P]`` for pairwise costs, and work in float32.
+All take mask logits and soft targets sampled at the same points, ``[M, P]``, and work in
+float32.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ __all__ = [
     "sigmoid_bce_per_mask",
     "dice_per_mask",
     "sigmoid_focal_per_mask",
-    "pairwise_sigmoid_focal",
 ]
 
 
@@ -70,27 +70,3 @@ def sigmoid_focal_per_mask(
     if alpha >= 0:
         loss = loss * (alpha * t + (1 - alpha) * (1 - t))
     return loss.mean(1)
-
-
-def pairwise_sigmoid_focal(
-    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
-) -> torch.Tensor:
-    """Focal loss of every (query, target) pair, mean over points, for hard 0/1 targets.
-
-    Args:
-        logits: float ``[B, Q, P]``.
-        targets: float ``[B, T, P]`` in ``{0, 1}`` (soft values are weighted linearly).
-
-    Returns:
-        float32 ``[B, Q, T]``.
-    """
-    x = logits.float()
-    t = targets.float()
-    p = x.sigmoid()
-    pos = (1 - p) ** gamma * F.softplus(-x)
-    neg = p**gamma * F.softplus(x)
-    if alpha >= 0:
-        pos = pos * alpha
-        neg = neg * (1 - alpha)
-    n = x.shape[-1]
-    return (torch.bmm(pos, t.transpose(1, 2)) + torch.bmm(neg, (1 - t).transpose(1, 2))) / n

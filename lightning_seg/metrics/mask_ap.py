@@ -1,4 +1,4 @@
-"""Instance mask AP (COCO protocol), with predictions kept and gathered as run lengths."""
+"""Instance mask and box AP (COCO protocol), with predictions kept and gathered as run lengths."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from lightning_seg.metrics.coco_eval import COCO_STAT_NAMES, Backend, coco_evaluate
 from lightning_seg.metrics.rle import encode_runs, runs_to_coco
+from lightning_seg.structures import masks_to_boxes
 
 _STATES = (
     "image_hw",
@@ -29,7 +30,7 @@ _STATES = (
 
 
 class MaskAP(Metric):
-    """COCO mask AP / AR (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l).
+    """COCO mask and box AP / AR (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l).
 
     Masks never stay dense: each batch's predicted and ground-truth masks are run-length
     encoded on their device (:func:`~lightning_seg.metrics.rle.encode_runs`) and only the run
@@ -38,12 +39,18 @@ class MaskAP(Metric):
     process, and the per-image detection / ground-truth counts re-associate everything after
     gathering. ``compute`` builds COCO dicts and runs COCOeval.
 
+    With ``"bbox"`` in ``iou_types`` the detections' boxes are kept too (float32 ``[D, 4]``
+    xyxy, one more ``"cat"`` state): a prediction's ``boxes`` when it has them, else the boxes
+    of its masks (:func:`~lightning_seg.structures.masks_to_boxes`). Ground-truth boxes are
+    those of the ground-truth masks.
+
     Ground-truth ``area`` is the mask's pixel count (COCO's own JSON stores polygon areas, which
     differ slightly; the offline evaluator scores files with their stored areas).
 
     Args:
         num_classes: number of contiguous classes ``K``.
-        iou_types: ``("segm",)`` and/or ``"bbox"`` (boxes of the masks).
+        iou_types: ``"segm"`` (masks) and/or ``"bbox"`` (predicted boxes, or the masks' boxes
+            for predictions without ``boxes``).
         backend: ``"faster_coco_eval"`` or ``"pycocotools"``.
         max_detections: keep the top-scoring detections per image (COCO scores 100).
     """
@@ -72,7 +79,7 @@ class MaskAP(Metric):
         self.iou_types = tuple(iou_types)
         self.backend = backend
         self.max_detections = max_detections
-        for name in _STATES:
+        for name in _STATES + (("det_boxes",) if "bbox" in self.iou_types else ()):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def update(
@@ -82,7 +89,9 @@ class MaskAP(Metric):
 
         Args:
             preds: per image an :class:`~lightning_seg.structures.InstancePrediction`: ``masks``
-                bool ``[M, H, W]``, ``labels`` int64 ``[M]``, ``scores`` float ``[M]``.
+                bool ``[M, H, W]``, ``labels`` int64 ``[M]``, ``scores`` float ``[M]`` and
+                optionally ``boxes`` float ``[M, 4]`` xyxy in pixels of the masks (used for
+                ``bbox`` AP).
             target: per image ``masks`` bool ``[N, H', W']`` (cropped to ``image_size`` when
                 given, else to the prediction's size), ``labels`` int64 ``[N]`` and optionally
                 ``iscrowd`` bool ``[N]``.
@@ -92,7 +101,7 @@ class MaskAP(Metric):
         if len(preds) == 0:
             return
         hw, det_count, gt_count = [], [], []
-        det_masks, det_labels, det_scores = [], [], []
+        det_masks, det_labels, det_scores, det_boxes = [], [], [], []
         gt_masks, gt_labels, gt_crowd = [], [], []
         for i, (p, t) in enumerate(zip(preds, target)):
             masks = p["masks"]
@@ -110,6 +119,11 @@ class MaskAP(Metric):
             scores, labels = p["scores"], p["labels"]
             if not (masks.shape[0] == scores.shape[0] == labels.shape[0]):
                 raise ValueError(f"image {i} of the batch: masks, labels and scores differ in length")
+            boxes = p.get("boxes")
+            if boxes is not None and tuple(boxes.shape) != (masks.shape[0], 4):
+                raise ValueError(
+                    f"image {i} of the batch: boxes must be [{masks.shape[0]}, 4], got {tuple(boxes.shape)}"
+                )
             for side, lab in (("predicted", labels), ("target", t["labels"])):
                 if lab.numel() and bool(((lab < 0) | (lab >= self.num_classes)).any()):
                     raise ValueError(
@@ -119,6 +133,9 @@ class MaskAP(Metric):
             if masks.shape[0] > self.max_detections:
                 keep = torch.topk(scores, self.max_detections).indices
                 masks, scores, labels = masks[keep], scores[keep], labels[keep]
+                boxes = None if boxes is None else boxes[keep]
+            if "bbox" in self.iou_types:
+                det_boxes.append(masks_to_boxes(masks.bool()) if boxes is None else boxes.float())
             hw.append((h, w))
             det_count.append(masks.shape[0])
             gt_count.append(gm.shape[0])
@@ -144,6 +161,8 @@ class MaskAP(Metric):
         self.gt_count.append(torch.tensor(gt_count, dtype=torch.int64, device=device))
         self.det_labels.append(torch.cat(det_labels).to(device))
         self.det_scores.append(torch.cat(det_scores).to(device))
+        if "bbox" in self.iou_types:
+            self.det_boxes.append(torch.cat(det_boxes).to(device))
         self.gt_labels.append(torch.cat(gt_labels).to(device))
         self.gt_crowd.append(torch.cat(gt_crowd).to(device=device, dtype=torch.uint8))
 
@@ -160,7 +179,12 @@ class MaskAP(Metric):
         return torch.cat(runs), torch.cat(nums)
 
     def _coco_dicts(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """COCO ground truth and results rebuilt from the (gathered) states."""
+        """COCO ground truth and results rebuilt from the (gathered) states.
+
+        Results carry ``segmentation`` (RLE) and, with ``"bbox"`` in ``iou_types``, ``bbox``
+        ``[x, y, w, h]`` from the kept detection boxes; ground truth carries both, the box being
+        the mask's.
+        """
         from pycocotools import mask as mask_util
 
         def cat(name: str) -> np.ndarray:
@@ -176,6 +200,10 @@ class MaskAP(Metric):
         gt_runs, gt_num = cat("gt_runs"), cat("gt_num_runs")
         det_labels, det_scores = cat("det_labels"), cat("det_scores")
         gt_labels, gt_crowd = cat("gt_labels"), cat("gt_crowd")
+        det_xywh = None
+        if "bbox" in self.iou_types:
+            boxes = cat("det_boxes").reshape(-1, 4).astype(np.float64)
+            det_xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).tolist()
         det_bounds = np.concatenate([[0], np.cumsum(det_num)])
         gt_bounds = np.concatenate([[0], np.cumsum(gt_num)])
         det_image = np.repeat(np.arange(len(hw)), det_count)
@@ -202,32 +230,28 @@ class MaskAP(Metric):
         for j in range(len(det_labels)):
             h, w = hw[det_image[j]]
             rle = runs_to_coco(det_runs[det_bounds[j] : det_bounds[j + 1]], int(h), int(w))
-            results.append(
-                {
-                    "image_id": int(det_image[j]) + 1,
-                    "category_id": int(det_labels[j]) + 1,
-                    "segmentation": rle,
-                    "score": float(det_scores[j]),
-                }
-            )
+            result = {
+                "image_id": int(det_image[j]) + 1,
+                "category_id": int(det_labels[j]) + 1,
+                "segmentation": rle,
+                "score": float(det_scores[j]),
+            }
+            if det_xywh is not None:
+                result["bbox"] = det_xywh[j]
+            results.append(result)
         gt = {"images": images, "annotations": annotations, "categories": categories}
         return gt, results
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """COCO numbers as float64 scalars: ``AP, AP50, ..., ARl`` for ``segm`` and, when
-        asked, the same prefixed with ``bbox_``."""
-        from pycocotools import mask as mask_util
-
+        """COCO numbers as float64 scalars: ``AP, AP50, ..., ARl`` for ``segm`` and the same
+        prefixed with ``bbox_`` for ``bbox``, for each type in ``iou_types``."""
         gt, results = self._coco_dicts()
         out: dict[str, torch.Tensor] = {}
         for iou_type in self.iou_types:
-            res = results
-            if iou_type == "bbox":
-                res = [
-                    {k: v for k, v in r.items() if k != "segmentation"}
-                    | {"bbox": [float(x) for x in mask_util.toBbox(r["segmentation"])]}
-                    for r in results
-                ]
+            # Each type's results carry only their own geometry: COCO's loadRes takes a
+            # detection's area (its size bucket) from its "bbox" whenever there is one.
+            drop = "bbox" if iou_type == "segm" else "segmentation"
+            res = [{k: v for k, v in r.items() if k != drop} for r in results]
             stats = coco_evaluate(gt, res, iou_type, self.backend)
             prefix = "" if iou_type == "segm" else "bbox_"
             for name in COCO_STAT_NAMES:

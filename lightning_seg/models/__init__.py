@@ -1,18 +1,15 @@
-"""lightning_seg.models: nn.Modules only (backbones, per-pixel and mask-classification decoders).
+"""lightning_seg.models: nn.Modules only (backbones, the FPN, per-pixel and mask-classification models).
 
-Models are built directly from their classes (what LightningCLI's ``class_path`` does) or by
-name with :func:`create_model`, timm style.
+Tasks build their model by name with :func:`create_model`; each registered name declares its
+family (see :mod:`lightning_seg.models.registry`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
-
 from lightning_seg.models.backbone import Backbone
 from lightning_seg.models.mask_classification import Mask2Former, MaskFormer
-from lightning_seg.models.semantic import (
+from lightning_seg.models.necks import FPN
+from lightning_seg.models.per_pixel import (
     FCN,
     DeepLabV3,
     DeepLabV3Plus,
@@ -21,34 +18,22 @@ from lightning_seg.models.semantic import (
     convert_torchvision_state_dict,
     load_torchvision_weights,
 )
+from lightning_seg.models.registry import (
+    MODEL_REGISTRY,
+    ModelEntry,
+    create_model,
+    list_models,
+    model_entry,
+    register_model,
+)
 
-# Architecture name -> class. Other model families register here with one line each.
-MODEL_REGISTRY: dict[str, type[nn.Module]] = {
-    "fcn": FCN,
-    "unet": UNet,
-    "deeplabv3": DeepLabV3,
-    "deeplabv3plus": DeepLabV3Plus,
-    "semantic_fpn": SemanticFPN,
-    "maskformer": MaskFormer,
-    "mask2former": Mask2Former,
-}
-
-
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`, sorted."""
-    return sorted(MODEL_REGISTRY)
-
-
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the architecture ``name`` (see :func:`list_models`) with its constructor ``kwargs``.
-
-    Example: ``create_model("deeplabv3plus", num_classes=150, backbone="resnet50")``.
-    """
-    key = name.lower().replace("-", "_")
-    if key not in MODEL_REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {list_models()}")
-    return MODEL_REGISTRY[key](**kwargs)
-
+register_model("fcn", FCN, "per_pixel")
+register_model("unet", UNet, "per_pixel")
+register_model("deeplabv3", DeepLabV3, "per_pixel")
+register_model("deeplabv3plus", DeepLabV3Plus, "per_pixel")
+register_model("semantic_fpn", SemanticFPN, "per_pixel")
+register_model("maskformer", MaskFormer, "mask_classification")
+register_model("mask2former", Mask2Former, "mask_classification")
 
 __all__ = [
     "FCN",
@@ -58,10 +43,14 @@ __all__ = [
     "Backbone",
     "DeepLabV3",
     "DeepLabV3Plus",
+    "FPN",
+    "ModelEntry",
     "SemanticFPN",
     "UNet",
     "convert_torchvision_state_dict",
     "create_model",
     "list_models",
     "load_torchvision_weights",
+    "model_entry",
+    "register_model",
 ]

@@ -15,6 +15,7 @@ all of them one contract:
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -63,6 +64,21 @@ def _freeze_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+def _feature_names(strides: Sequence[int], output_stride: int) -> list[str]:
+    """``res{log2(undilated stride)}`` per feature (``stem`` at stride 2); ``feature{i}`` when the
+    strides do not tell the stages apart (a plain ViT's blocks without the simple pyramid)."""
+    nominal: list[int] = []
+    for s in strides:
+        if nominal and s <= nominal[-1]:
+            if output_stride == 32 or s != output_stride:
+                return [f"feature{i}" for i in range(len(strides))]
+            s = nominal[-1] * 2  # a dilated stage keeps the previous stride
+        nominal.append(int(s))
+    if any(s & (s - 1) for s in nominal):
+        return [f"feature{i}" for i in range(len(strides))]
+    return ["stem" if s == 2 else f"res{s.bit_length() - 1}" for s in nominal]
+
+
 class Backbone(nn.Module):
     """Feature extractor over a timm ``features_only`` model or a torchvision ResNet.
 
@@ -97,6 +113,11 @@ class Backbone(nn.Module):
         channels: number of channels of each returned feature.
         strides: stride (input pixels per feature pixel) of each returned feature.
         size_divisibility: the backbone pads inputs to a multiple of this (1 = never pads).
+        feature_names: a name per returned feature, detectron2 style: ``res{k}`` for the stage
+            whose undilated stride is ``2**k`` (``res2`` .. ``res5`` for strides 4..32, also when
+            ``output_stride`` dilates the last stages), ``stem`` for a stride-2 stem feature.
+            :meth:`named_features` returns the features under these names, the ``OrderedDict``
+            torchvision's ``MultiScaleRoIAlign`` and ``FeaturePyramidNetwork`` take.
     """
 
     def __init__(
@@ -147,6 +168,10 @@ class Backbone(nn.Module):
             s = self.strides[0]
             self.channels = list(self.pyramid.out_channels)
             self.strides = [int(s * f) for f in self.pyramid.scales]
+        if source == "torchvision" and self.pyramid is None:
+            self.feature_names = [("stem", "res2", "res3", "res4", "res5")[i] for i in self._select]
+        else:  # timm stages are consecutive, so their undilated strides follow from the strides
+            self.feature_names = _feature_names(self.strides, output_stride)
         self.frozen_stages = frozen_stages
         self._freeze_stages(frozen_stages)
         if freeze_bn:
@@ -303,6 +328,22 @@ class Backbone(nn.Module):
             x = getattr(m, stage)(x)
             feats.append(x)
         return [feats[i] for i in self._select]
+
+    @property
+    def feature_strides(self) -> dict[str, int]:
+        """Stride of each feature by name (see :attr:`feature_names`)."""
+        return dict(zip(self.feature_names, self.strides))
+
+    def named_features(self, images: Tensor) -> OrderedDict[str, Tensor]:
+        """The features of :meth:`forward` keyed by :attr:`feature_names`, finest first.
+
+        Args:
+            images: float ``[B, 3, H, W]`` in ``[0, 1]``.
+
+        Returns:
+            ``OrderedDict`` name -> float ``[B, C, ceil(H / stride), ceil(W / stride)]``.
+        """
+        return OrderedDict(zip(self.feature_names, self(images)))
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """Normalise ``images`` and return the selected features.

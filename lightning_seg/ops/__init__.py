@@ -1,10 +1,20 @@
 """Pure-tensor, batched, device-agnostic ops: point sampling, Hungarian matching, matrix NMS,
-mask-classification inference and panoptic fusion. No Lightning imports here."""
+mask-classification inference and panoptic fusion, dense (sliding-window, TTA) inference.
+No Lightning imports here."""
 
+from .dense_inference import crop_and_resize, dense_probabilities, slide_inference
 from .linear_assignment import sanitize_costs, solve_assignment
 from .mask_inference import instance_inference, panoptic_inference, semantic_inference, thing_mask
 from .mask_resize import ResizeTaps, resize_height, resize_rows, resize_taps, resize_width
-from .matching import Matching, hungarian_match, mask_matching_costs, match_masks
+from .matching import Matching, hungarian_match, mask_matching_costs, match_masks, point_mask_costs
+from .matching_costs import (
+    box_l1_cost,
+    class_cost,
+    generalized_iou_cost,
+    pairwise_dice,
+    pairwise_sigmoid_bce,
+    pairwise_sigmoid_focal,
+)
 from .matrix_nms import MatrixNMSResult, mask_iou_matrix, matrix_nms
 from .panoptic_fpn_fusion import panoptic_fpn_fusion
 from .point_sampling import (
@@ -19,14 +29,23 @@ __all__ = [
     "Matching",
     "MatrixNMSResult",
     "ResizeTaps",
+    "box_l1_cost",
+    "class_cost",
+    "crop_and_resize",
+    "dense_probabilities",
+    "generalized_iou_cost",
     "hungarian_match",
     "instance_inference",
     "mask_iou_matrix",
     "mask_matching_costs",
     "match_masks",
     "matrix_nms",
+    "pairwise_dice",
+    "pairwise_sigmoid_bce",
+    "pairwise_sigmoid_focal",
     "panoptic_fpn_fusion",
     "panoptic_inference",
+    "point_mask_costs",
     "point_sample",
     "point_sample_binary",
     "point_sample_channels_last",
@@ -37,6 +56,7 @@ __all__ = [
     "sample_points_by_uncertainty",
     "sanitize_costs",
     "semantic_inference",
+    "slide_inference",
     "solve_assignment",
     "thing_mask",
     "uncertainty_from_logits",

@@ -1,9 +1,10 @@
 """Hungarian matching of predictions to padded targets, for the whole batch at once.
 
 :func:`hungarian_match` is the generic entry point (any ``[B, P, T]`` cost: mask costs,
-DETR-style box costs, ...). :func:`mask_matching_costs` builds Mask2Former's matching cost —
-``-p(class)``, sigmoid BCE and dice on points shared by all queries and targets of an image —
-for every image in one pass over padded ``[B, T, ...]`` targets, in float32.
+DETR-style box costs, ...; the pairwise terms are in :mod:`lightning_seg.ops.matching_costs`).
+:func:`mask_matching_costs` builds Mask2Former's matching cost — ``-p(class)``, sigmoid BCE and
+dice on points shared by all queries and targets of an image — for every image in one pass
+over padded ``[B, T, ...]`` targets, in float32.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
-
 from .linear_assignment import solve_assignment
+from .matching_costs import class_cost, pairwise_dice, pairwise_sigmoid_bce
 from .point_sampling import (
     point_sample_binary,
     point_sample_channels_last,
@@ -21,7 +21,7 @@ from .point_sampling import (
     sort_points_row_major,
 )
 
-__all__ = ["Matching", "hungarian_match", "mask_matching_costs", "match_masks"]
+__all__ = ["Matching", "hungarian_match", "mask_matching_costs", "match_masks", "point_mask_costs"]
 
 
 class Matching(NamedTuple):
@@ -99,30 +99,16 @@ def mask_matching_costs(
 
     Args:
         pred_logits: float ``[B, Q, K+1]`` class logits (last = no-object).
-        pred_masks: float ``[B, Q, h, w]`` mask logits.
+        pred_masks, target_masks, points, cost_mask, cost_dice, target_samples, chunk_elements,
+        row_ordered: see :func:`point_mask_costs`.
         target_labels: int64 ``[B, T]`` (any value in ``[0, K]`` for padding).
-        target_masks: bool ``[B, T, H, W]`` (``None`` when ``target_samples`` is given).
-        points: float ``[B, P, 2]`` normalised ``(x, y)`` points per image.
-        cost_class, cost_mask, cost_dice: weights of the three terms.
-        target_samples: float32 ``[B, T, P]`` = ``point_sample_binary(target_masks, points)``
-            when already computed (the set criterion matches every decoder layer at the same
-            points and samples the targets once); ``target_masks`` is then not read.
-        chunk_elements: bound on the ``[images, Q, P]`` point logits evaluated at once.
-            ``None``: the whole batch in one pass on accelerators; on CPU ``2**22`` (16 MiB),
-            because there temporaries that stay in cache and under the allocator's mmap
-            threshold make the cost 1.3x faster than one pass over a batch of 8
-            (``docs/benchmarks.md``).
-        row_ordered: the points are already in increasing ``y`` per image (as
-            :func:`~lightning_seg.ops.point_sampling.rand_points_row_major` draws them);
-            otherwise they are sorted first, which only changes the order of the sums.
+        cost_class: weight of the class term.
 
     Returns:
         float32 ``[B, Q, T]``.
     """
     b, q, _ = pred_logits.shape
     t = target_labels.shape[1]
-    if target_masks is None and target_samples is None:
-        raise ValueError("mask_matching_costs needs target_masks or target_samples")
     if pred_masks.shape[:2] != (b, q) or (
         target_masks is not None and target_masks.shape[:2] != (b, t)
     ):
@@ -132,14 +118,53 @@ def mask_matching_costs(
             f"target_masks {tuple(getattr(target_masks, 'shape', ()))} disagree on "
             "batch/query/target sizes"
         )
-    prob = pred_logits.float().softmax(-1)
-    labels = target_labels.clamp(0, prob.shape[-1] - 1)
-    cls = -torch.gather(prob, 2, labels[:, None, :].expand(b, q, t))
+    cls = cost_class * class_cost(pred_logits, target_labels)
     if t == 0:
         return cls
+    return cls + point_mask_costs(
+        pred_masks, target_masks, points, cost_mask, cost_dice, target_samples, chunk_elements, row_ordered
+    )
+
+
+def point_mask_costs(
+    pred_masks: torch.Tensor,
+    target_masks: torch.Tensor | None,
+    points: torch.Tensor,
+    cost_mask: float = 5.0,
+    cost_dice: float = 5.0,
+    target_samples: torch.Tensor | None = None,
+    chunk_elements: int | None = None,
+    row_ordered: bool = False,
+) -> torch.Tensor:
+    """``cost_mask * BCE + cost_dice * dice`` of every (query, target) pair at shared points.
+
+    Args:
+        pred_masks: float ``[B, Q, h, w]`` mask logits.
+        target_masks: bool ``[B, T, H, W]`` (``None`` when ``target_samples`` is given).
+        points: float ``[B, P, 2]`` normalised ``(x, y)`` points per image.
+        cost_mask, cost_dice: weights of the two terms.
+        target_samples: float32 ``[B, T, P]`` = ``point_sample_binary(target_masks, points)``
+            when already computed (the set criterion matches every decoder layer at the same
+            points and samples the targets once); ``target_masks`` is then not read.
+        chunk_elements: bound on the ``[images, Q, P]`` point logits evaluated at once.
+            ``None``: the whole batch in one pass on accelerators; on CPU ``2**22`` (16 MiB),
+            because there temporaries that stay in cache and under the allocator's mmap
+            threshold make the cost faster than one pass over a batch of 8
+            (``scripts/benchmarks/ops.py --only matcher --chunks``).
+        row_ordered: the points are already in increasing ``y`` per image (as
+            :func:`~lightning_seg.ops.point_sampling.rand_points_row_major` draws them);
+            otherwise they are sorted first, which only changes the order of the sums.
+
+    Returns:
+        float32 ``[B, Q, T]``.
+    """
+    b, q = pred_masks.shape[:2]
+    if target_masks is None and target_samples is None:
+        raise ValueError("point_mask_costs needs target_masks or target_samples")
+    t = target_samples.shape[1] if target_samples is not None else target_masks.shape[1]
     if target_samples is not None and target_samples.shape != (b, t, points.shape[1]):
         raise ValueError(
-            f"mask_matching_costs: target_samples must be [B={b}, T={t}, P={points.shape[1]}], "
+            f"point_mask_costs: target_samples must be [B={b}, T={t}, P={points.shape[1]}], "
             f"got {tuple(target_samples.shape)}"
         )
     if chunk_elements is None:
@@ -157,31 +182,12 @@ def mask_matching_costs(
             tgt = point_sample_binary(target_masks[s : s + step], pts)  # [b, T, P]
         else:
             tgt = target_samples[s : s + step].float()
-        chunks.append(_point_mask_costs(pred_masks[s : s + step], pts, tgt, cost_mask, cost_dice))
-    mask_cost = torch.cat(chunks)
-    return cost_class * cls + mask_cost
-
-
-def _point_mask_costs(
-    pred_masks: torch.Tensor, points: torch.Tensor, tgt: torch.Tensor, cost_mask: float,
-    cost_dice: float,
-) -> torch.Tensor:
-    """``cost_mask * BCE + cost_dice * dice`` of float ``[b, Q, h, w]`` logits against float32
-    ``[b, T, P]`` target samples at float ``[b, P, 2]`` points; float32 ``[b, Q, T]``."""
-    logits = point_sample_channels_last(pred_masks.float(), points.float())  # [b, P, Q]
-    b, t, num_points = tgt.shape
-    # BCE(x, y) = softplus(-x) y + softplus(x) (1 - y) = softplus(x) - x y, so the pairwise
-    # mean is a row mean minus a single batched matmul.
-    xy = torch.bmm(tgt, logits)  # [b, T, Q]
-    bce = (F.softplus(logits).mean(1)[:, None, :] - xy / num_points).transpose(1, 2)
-    # In place when no gradient is being recorded: saves a [b, P, Q] allocation.
-    s = logits.sigmoid() if logits.requires_grad else logits.sigmoid_()
-    # A row of ones under the targets makes the product also return the sum of s over points.
-    tgt1 = torch.cat([tgt, tgt.new_ones(b, 1, num_points)], dim=1)  # [b, T+1, P]
-    inter = torch.bmm(tgt1, s)  # [b, T+1, Q]: intersections, then the sum of s
-    dice = 1.0 - (2.0 * inter[:, :t] + 1.0) / (inter[:, t:] + tgt.sum(-1)[:, :, None] + 1.0)
-    dice = dice.transpose(1, 2)
-    return cost_mask * bce + cost_dice * dice
+        logits = point_sample_channels_last(pred_masks[s : s + step].float(), pts.float())  # [b, P, Q]
+        bce = pairwise_sigmoid_bce(logits, tgt)
+        # In place when no gradient is being recorded: saves a [b, P, Q] allocation.
+        probs = logits.sigmoid() if logits.requires_grad else logits.sigmoid_()
+        chunks.append(cost_mask * bce + cost_dice * pairwise_dice(probs, tgt))
+    return torch.cat(chunks)
 
 
 @torch.no_grad()

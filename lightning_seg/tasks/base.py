@@ -1,33 +1,32 @@
-"""``SegTask``: the small base every task LightningModule shares.
+"""``SegTask``: the step template every task family shares.
 
-A task subclass fills three hooks, as torchgeo's trainers do: :meth:`SegTask.configure_models`
-(build ``self.model``), :meth:`SegTask.configure_losses` and :meth:`SegTask.configure_metrics`.
-The base owns what is the same everywhere: the optimiser with a backbone learning-rate
-multiplier and no weight decay on norms/biases/embeddings, the poly (or cosine) schedule with
-linear warm-up, a NaN/Inf loss guard that names the step, and ``init_from`` for fine-tuning
-(loading a checkpoint with ``weights_only=True`` and re-initialising layers whose shapes differ,
-e.g. the class head when the number of classes changes).
+A family subclasses :class:`SegTask` and writes
+
+* :meth:`SegTask.configure_models` (build ``self.model``) and, if it has one, :meth:`SegTask.configure_losses`;
+* :meth:`SegTask.compute_losses`: the batch's named loss terms, already weighted;
+* :meth:`SegTask.predict`: ``{kind: [per-image prediction]}`` with kind in ``panoptic``,
+  ``instance``, ``semantic`` (the contracts of :mod:`lightning_seg.structures`);
+* :meth:`SegTask.available_kinds`: the kinds its ``predict`` can return.
+
+The base runs the rest: training step (sum, NaN/Inf guard, ``train/<term>`` logs), validation
+and test steps (the metrics of each scored kind, :class:`~lightning_seg.metrics.TaskMetrics`),
+epoch-end logging, ``predict_step``, the optimiser and schedule
+(:mod:`lightning_seg.tasks.optimization`), ``init_from`` fine-tuning, and the I/O callbacks
+(:class:`~lightning_seg.callbacks.ValidationOverlays`, :class:`~lightning_seg.callbacks.PredictionWriter`).
 """
 
 from __future__ import annotations
 
-import logging
-import math
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning import LightningModule
-from PIL import Image
-from torch import Tensor, nn
+from lightning import Callback, LightningModule
+from torch import Tensor
 
-from lightning_seg.structures import DatasetMetadata, distinct_colors
-from lightning_seg.tasks.prediction_writer import PredictionWriter
-from lightning_seg.visualization import prediction_overlay
-
-log = logging.getLogger(__name__)
-
-NO_DECAY_KEYWORDS = ("query_feat", "query_embed", "level_embed", "pos_embed", "cls_token", "relative_position")
+from lightning_seg.metrics.task_metrics import ExtraMetric, Kind, TaskMetrics
+from lightning_seg.structures import Batch
+from lightning_seg.tasks import optimization
+from lightning_seg.tasks.weight_init import load_matching_weights
 
 
 class SegTask(LightningModule):
@@ -37,43 +36,51 @@ class SegTask(LightningModule):
         num_classes: number of classes ``K`` (linked from ``data.num_classes`` by the CLI).
         thing_classes: contiguous ids of thing classes (linked from ``data.thing_classes``).
         ignore_index: void value in semantic targets.
+        eval_kinds: prediction kinds scored in validation/test and written by ``predict``
+            (``panoptic``: PQ/SQ/RQ all/things/stuff; ``instance``: mask AP, and box AP where
+            the family predicts boxes; ``semantic``: mIoU, pixel accuracy, mAcc, fwIoU); default:
+            every kind :meth:`available_kinds` lists.
+        extra_metrics: further metrics of the scored kinds, logged under their names:
+            ``boundary_iou``, ``trimap_accuracy``, ``surface_distance`` (semantic),
+            ``parsing_covering`` (panoptic).
+        metric_average: semantic means over the classes ``present`` in prediction or ground
+            truth, or over ``all`` classes (ADE20K's kit).
         optimizer: ``adamw`` (Mask2Former) or ``sgd`` (DeepLab/FCN).
         lr: base learning rate.
         weight_decay: weight decay of weights (norms, biases, embeddings get none).
         momentum: SGD momentum.
         backbone_lr_multiplier: learning-rate factor of ``model.backbone`` parameters.
-        lr_schedule: ``poly`` (``(1 - t/T)^power``), ``cosine``, ``step`` (×``lr_gamma`` at
-            each milestone) or ``constant``, after warm-up.
-        poly_power: exponent of the poly schedule.
-        lr_milestones: fractions of ``T`` where the ``step`` schedule decays (default
-            ``[0.9, 0.95]``, Mask2Former's COCO schedule).
-        lr_gamma: decay factor of the ``step`` schedule.
-        warmup_steps: linear warm-up from ``warmup_factor · lr`` over this many steps.
-        warmup_factor: starting fraction of the warm-up.
+        lr_schedule, poly_power, lr_milestones, lr_gamma, warmup_steps, warmup_factor: the
+            schedule, see :func:`lightning_seg.tasks.optimization.lr_factor`.
         max_steps: schedule length ``T`` (default: the trainer's estimated stepping batches).
-        init_from: checkpoint to start from (ours; loaded with ``weights_only=True``).
+        init_from: checkpoint to start from (ours; loaded with ``weights_only=True``; tensors
+            of another shape, e.g. the class head, are re-initialised and logged).
         freeze_backbone: keep ``model.backbone`` fixed (no gradients, eval-mode norms).
-        predict_dir: where ``predict`` writes its files (COCO panoptic JSON + PNGs, COCO
-            results JSON, PNG class maps, overlays); None: predictions are only returned.
-        num_overlays: at each validation, colour overlays of this many images of the first
-            batch are written to ``<log dir>/overlays/epoch_NNN/`` and sent to the logger
-            (TensorBoard or W&B); 0 disables them.
+        predict_dir: ``predict`` writes its files here (adds a
+            :class:`~lightning_seg.callbacks.PredictionWriter`); None: predictions are returned.
+        num_overlays: overlays of this many images of the first validation batch per epoch
+            (adds a :class:`~lightning_seg.callbacks.ValidationOverlays`); 0 disables them.
     """
 
     hparams_ignore: tuple[str, ...] = ()
     """Constructor arguments not saved as hyper-parameters (e.g. nn.Module arguments)."""
+    predicts_boxes: bool = False
+    """The family's instance predictions carry ``boxes`` (scored as box AP too)."""
 
     def __init__(
         self,
         num_classes: int,
         thing_classes: list[int] | None = None,
         ignore_index: int = 255,
+        eval_kinds: list[Kind] | None = None,
+        extra_metrics: list[ExtraMetric] | None = None,
+        metric_average: Literal["present", "all"] = "present",
         optimizer: Literal["adamw", "sgd"] = "adamw",
         lr: float = 1e-4,
         weight_decay: float = 0.05,
         momentum: float = 0.9,
         backbone_lr_multiplier: float = 0.1,
-        lr_schedule: Literal["poly", "cosine", "step", "constant"] = "poly",
+        lr_schedule: optimization.Schedule = "poly",
         poly_power: float = 0.9,
         lr_milestones: list[float] | None = None,
         lr_gamma: float = 0.1,
@@ -100,212 +107,141 @@ class SegTask(LightningModule):
         self.ignore_index = ignore_index
         self.configure_models()
         self.configure_losses()
-        self.configure_metrics()
+        available = self.available_kinds()
+        self.eval_kinds: tuple[Kind, ...] = tuple(eval_kinds) if eval_kinds is not None else available
+        wrong = [k for k in self.eval_kinds if k not in available]
+        if wrong:
+            raise ValueError(f"model.eval_kinds: {type(self).__name__} with these arguments predicts "
+                             f"{list(available)}, not {wrong}")
+        for stage in ("val", "test"):
+            setattr(self, f"{stage}_metrics", TaskMetrics(
+                self.eval_kinds, num_classes, thing_classes, ignore_index, extra_metrics or (),
+                box_ap=self.predicts_boxes, semantic_average=metric_average,
+            ))
+        self._frozen: list[str] = []
+        self.eval_stage = "val"
         if init_from:
-            self.load_init_weights(init_from)
+            self.init_report = load_matching_weights(self, init_from)
         if freeze_backbone:
             self.freeze_module("backbone")
 
-    # --- hooks for subclasses -------------------------------------------------------------
+    # --- what a family writes ---------------------------------------------------------------
     def configure_models(self) -> None:
         """Build ``self.model`` (an ``nn.Module`` with a ``backbone`` attribute where it has one)."""
         raise NotImplementedError
 
     def configure_losses(self) -> None:
-        """Build the loss modules."""
+        """Build the loss modules (the model's own loss needs nothing here)."""
 
-    def configure_metrics(self) -> None:
-        """Build the torchmetrics for validation and test."""
+    def available_kinds(self) -> tuple[Kind, ...]:
+        """The prediction kinds :meth:`predict` can return with these arguments."""
+        raise NotImplementedError
 
-    # --- shared behaviour -----------------------------------------------------------------
-    @property
-    def is_thing(self) -> Tensor:
-        """bool ``[K]``: True for thing classes."""
-        flags = torch.zeros(self.num_classes, dtype=torch.bool)
-        flags[self.thing_classes] = True
-        return flags
+    def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
+        """Named float32 scalar loss terms of a training batch, already weighted (they are summed)."""
+        raise NotImplementedError
+
+    def predict(self, batch: Batch, at_original_size: bool) -> dict[str, list[Any]]:
+        """Predictions of :attr:`eval_kinds` for every image of ``batch``.
+
+        Args:
+            batch: a collated batch.
+            at_original_size: predictions at each target's ``orig_size`` (``predict``) or at its
+                ``target_size`` (validation/test: the original size too, unless the targets were
+                resized with the image).
+
+        Returns:
+            ``{kind: [one prediction per image]}`` for kind in :attr:`eval_kinds`.
+        """
+        raise NotImplementedError
+
+    # --- the step template ------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        terms = self.compute_losses(batch)
+        loss = sum(terms.values())
+        self.check_finite(loss, terms)  # type: ignore[arg-type]
+        bs = len(batch["targets"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=bs)
+        return loss  # type: ignore[return-value]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, list[Any]]:
+        return self._evaluate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, list[Any]]:
+        return self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: Batch, stage: str) -> dict[str, list[Any]]:
+        self.eval_stage = stage  # predict() may log under it (e.g. a per-pixel validation loss)
+        preds = self.predict(batch, at_original_size=False)
+        getattr(self, f"{stage}_metrics").update(preds, batch["targets"])
+        return preds
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def _log_metrics(self, stage: str) -> None:
+        metrics: TaskMetrics = getattr(self, f"{stage}_metrics")
+        values = metrics.compute()
+        metrics.reset()
+        # torchmetrics already reduced the states across ranks
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val", sync_dist=False)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, list[Any]]:
+        """Predictions at each image's original size (written by a ``PredictionWriter``)."""
+        return self.predict(batch, at_original_size=True)
+
+    def check_finite(self, loss: Tensor, terms: dict[str, Tensor]) -> None:
+        """Raise ``FloatingPointError`` naming the step and the non-finite terms if ``loss`` is NaN/Inf."""
+        if not bool(torch.isfinite(loss)):
+            bad = {k: float(v) for k, v in terms.items() if not bool(torch.isfinite(v))}
+            raise FloatingPointError(
+                f"non-finite training loss {float(loss)} at global step {self.global_step} (epoch "
+                f"{self.current_epoch}); non-finite terms: {bad or 'none (the sum overflowed)'}; all terms: "
+                + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+            )
+
+    # --- optimisation, freezing, callbacks ----------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        named = getattr(self.model, "no_weight_decay_parameter_names", None)
+        no_decay = {f"model.{n}" for n in named()} if callable(named) else set()
+        groups = optimization.parameter_groups(self, hp.lr, hp.weight_decay, hp.backbone_lr_multiplier,
+                                               no_decay_names=no_decay)
+        opt = optimization.build_optimizer(groups, hp.optimizer, hp.lr, hp.weight_decay, hp.momentum)
+        total = hp.max_steps or int(self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: self.lr_factor(s, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """Multiplier of the base lr at ``step`` of ``total`` (see :func:`optimization.lr_factor`)."""
+        hp = self.hparams
+        return optimization.lr_factor(step, total, hp.lr_schedule, hp.warmup_steps, hp.warmup_factor,
+                                      hp.poly_power, hp.lr_milestones, hp.lr_gamma)
 
     def freeze_module(self, name: str) -> None:
         """Stop gradients into ``model.<name>`` and keep its norm layers in eval mode."""
         module = getattr(self.model, name, None)
         if module is None:
             raise ValueError(f"{type(self.model).__name__} has no '{name}' to freeze")
-        for p in module.parameters():
-            p.requires_grad_(False)
-        self._frozen = getattr(self, "_frozen", []) + [name]
+        module.requires_grad_(False)
+        self._frozen.append(name)
 
     def on_train_epoch_start(self) -> None:
-        for name in getattr(self, "_frozen", []):
+        for name in self._frozen:
             getattr(self.model, name).eval()
 
-    def load_init_weights(self, path: str | Path) -> None:
-        """Initialise from a checkpoint, re-initialising tensors whose shapes differ.
+    def configure_callbacks(self) -> list[Callback]:
+        """The I/O callbacks the task arguments ask for, unless the trainer already has one."""
+        from lightning_seg.callbacks import PredictionWriter, ValidationOverlays
 
-        The checkpoint is loaded with ``weights_only=True`` (a Lightning checkpoint's
-        ``state_dict`` or a plain state dict). Tensors missing from it, or of another shape
-        (the class head after a change of class count), keep their fresh initialisation; both
-        are reported in the log.
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"model.init_from: checkpoint not found: {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
-        own = self.state_dict()
-        loadable, reshaped = {}, []
-        for k, v in state.items():
-            if k in own and own[k].shape != v.shape:
-                reshaped.append(f"{k} {tuple(v.shape)} -> {tuple(own[k].shape)}")
-            elif k in own:
-                loadable[k] = v
-        missing = sorted(set(own) - set(loadable) - {r.split(" ")[0] for r in reshaped})
-        unexpected = sorted(set(state) - set(own))
-        self.load_state_dict(loadable, strict=False)
-        self.init_report = {"reinitialised": reshaped, "missing": missing, "unexpected": unexpected}
-        log.warning(
-            "init_from %s: loaded %d tensors; re-initialised %d with a new shape%s; %d missing; %d unused",
-            path, len(loadable), len(reshaped), f" ({'; '.join(reshaped)})" if reshaped else "",
-            len(missing), len(unexpected),
-        )
-
-    def check_finite(self, loss: Tensor, terms: dict[str, Tensor] | None = None) -> None:
-        """Raise ``FloatingPointError`` naming the step and the loss terms if ``loss`` is NaN/Inf."""
-        if not bool(torch.isfinite(loss)):
-            detail = ""
-            if terms:
-                detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
-            raise FloatingPointError(
-                f"non-finite training loss {float(loss)} at global step {self.global_step} "
-                f"(epoch {self.current_epoch}){': ' + detail if detail else ''}"
-            )
-
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """Optimiser groups: (backbone | rest) × (decay | no decay)."""
-        hp = self.hparams
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-        # models may name their own norm/embedding parameters (Mask2Former does)
-        named = getattr(self.model, "no_weight_decay_parameter_names", None)
-        model_no_decay = {f"model.{n}" for n in named()} if callable(named) else set()
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            backbone = name.startswith("model.backbone.")
-            no_decay = p.ndim <= 1 or name in model_no_decay or any(k in name for k in NO_DECAY_KEYWORDS)
-            groups.setdefault((backbone, no_decay), []).append(p)
-        out = []
-        for (backbone, no_decay), params in groups.items():
-            out.append(
-                {
-                    "params": params,
-                    "lr": hp.lr * (hp.backbone_lr_multiplier if backbone else 1.0),
-                    "weight_decay": 0.0 if no_decay else hp.weight_decay,
-                }
-            )
+        have = {type(cb) for cb in (self.trainer.callbacks if self._trainer is not None else [])}
+        out: list[Callback] = []
+        if self.hparams.num_overlays > 0 and ValidationOverlays not in have:
+            out.append(ValidationOverlays(self.hparams.num_overlays))
+        if self.hparams.predict_dir and PredictionWriter not in have:
+            out.append(PredictionWriter(self.hparams.predict_dir))
         return out
-
-    def lr_factor(self, step: int, total: int) -> float:
-        """Multiplier of the base lr at ``step`` of ``total``: warm-up, then the schedule."""
-        hp = self.hparams
-        if step < hp.warmup_steps:
-            alpha = step / max(1, hp.warmup_steps)
-            warm = hp.warmup_factor * (1 - alpha) + alpha
-        else:
-            warm = 1.0
-        t = min(step, total) / max(1, total)
-        if hp.lr_schedule == "poly":
-            sched = (1.0 - t) ** hp.poly_power
-        elif hp.lr_schedule == "cosine":
-            sched = 0.5 * (1.0 + math.cos(math.pi * t))
-        elif hp.lr_schedule == "step":
-            milestones = hp.lr_milestones if hp.lr_milestones is not None else [0.9, 0.95]
-            sched = hp.lr_gamma ** sum(t >= m for m in milestones)
-        else:
-            sched = 1.0
-        return warm * sched
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        groups = self.parameter_groups()
-        if hp.optimizer == "adamw":
-            opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        else:
-            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        total = hp.max_steps or int(self.trainer.estimated_stepping_batches)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: self.lr_factor(s, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def write_predictions(self, batch: Any, preds: dict[str, list]) -> None:
-        """Write one batch of predictions to ``predict_dir`` (when set)."""
-        if not self.hparams.predict_dir:
-            return
-        if getattr(self, "_prediction_writer", None) is None:
-            dm = getattr(self.trainer, "datamodule", None)
-            self._prediction_writer = PredictionWriter(
-                Path(self.hparams.predict_dir), self.dataset_metadata, self.num_classes,
-                reduce_zero_label=bool(getattr(dm, "reduce_zero_label", False)),
-            )
-        self._prediction_writer.write_batch(batch, preds)
-
-    def on_predict_epoch_end(self) -> None:
-        writer = getattr(self, "_prediction_writer", None)
-        if writer is None:
-            return
-        world = self.trainer.world_size
-        writer.finish(self.trainer.global_rank, world)
-        self._prediction_writer = None
-        if world > 1:
-            self.trainer.strategy.barrier()
-            if self.trainer.is_global_zero:
-                PredictionWriter.merge_parts(Path(self.hparams.predict_dir), world)
-
-    @property
-    def dataset_metadata(self) -> DatasetMetadata | None:
-        """The classes of the trainer's DataModule (None when there is none)."""
-        return getattr(getattr(self.trainer, "datamodule", None), "metadata", None)
-
-    def class_colors(self) -> list[tuple[int, int, int]]:
-        """One RGB colour per class: the dataset's, or generated ones."""
-        meta = self.dataset_metadata
-        return meta.colors if meta is not None else distinct_colors(self.num_classes)
-
-    def log_overlays(self, batch_idx: int, batch: Any, preds: dict[str, list]) -> None:
-        """Write and log colour overlays of the first validation batch of an epoch (rank 0).
-
-        Args:
-            batch_idx: the validation batch index (only batch 0 is drawn).
-            batch: the batch.
-            preds: per kind (``panoptic``/``semantic``/``instance``) one prediction per image,
-                at the targets' size; drawn only when overlays are due.
-        """
-        n = self.hparams.num_overlays
-        if n <= 0 or batch_idx != 0 or not self.trainer.is_global_zero or self.trainer.sanity_checking:
-            return
-        colors = self.class_colors()
-        images = [
-            (str(t["image_id"]), prediction_overlay(batch["images"][i], t["image_size"],
-                                                    {k: v[i] for k, v in preds.items()}, colors))
-            for i, t in enumerate(batch["targets"][:n])
-        ]
-        # trainer.log_dir is a collective (a broadcast); only rank 0 is here, so ask the logger
-        log_dir = getattr(self.logger, "log_dir", None) if self.logger is not None else None
-        root = Path(log_dir or self.trainer.default_root_dir)
-        out = root / "overlays" / f"epoch_{self.current_epoch:03d}"
-        out.mkdir(parents=True, exist_ok=True)
-        for name, img in images:
-            Image.fromarray(img).save(out / f"{name}.png")
-        for logger in self.loggers:
-            exp = getattr(logger, "experiment", None)
-            if hasattr(exp, "add_image"):  # TensorBoard
-                for name, img in images:
-                    exp.add_image(f"val_overlay/{name}", img, self.global_step, dataformats="HWC")
-            elif hasattr(logger, "log_image"):  # W&B
-                logger.log_image("val_overlays", [img for _, img in images], step=self.global_step,
-                                 caption=[name for name, _ in images])
-
-    def log_metric_dict(self, prefix: str, values: dict[str, Any], **kwargs: Any) -> None:
-        """Log the scalar entries of a metric's ``compute()`` under ``prefix/``."""
-        scalars = {
-            f"{prefix}/{k}": v for k, v in values.items()
-            if isinstance(v, (int, float)) or (isinstance(v, Tensor) and v.numel() == 1)
-        }
-        self.log_dict(scalars, **kwargs)

@@ -8,27 +8,24 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_seg.metrics.semantic import SemanticSegmentationMetrics
+from lightning_seg.metrics.task_metrics import Kind
+from lightning_seg.ops.dense_inference import crop_and_resize, dense_probabilities
 from lightning_seg.structures import Batch
 from lightning_seg.tasks.base import SegTask
-from lightning_seg.tasks.dense_inference import crop_and_resize, dense_probabilities
 
 
 class SemanticSegmentationModule(SegTask):
     """Semantic segmentation with a per-pixel model chosen by name.
 
-    The model is built by :func:`lightning_seg.models.create_model` from ``model`` and the
-    backbone arguments; it maps images ``[B,3,H,W]`` in ``[0,1]`` to logits ``[B,K,H,W]`` (or a
-    dict with ``out`` and ``aux`` logits when ``aux_weight > 0``).
-
-    Validation and test score the class map at the target's resolution with
-    :class:`~lightning_seg.metrics.semantic.SemanticSegmentationMetrics`; ``predict`` writes
-    PNG class maps (encoded like the dataset's ground truth, the format
-    ``lightning-seg evaluate --task semantic`` reads) and colour overlays to ``predict_dir``.
+    The model is built by :func:`lightning_seg.models.create_model` from ``model`` (a
+    ``per_pixel`` name) and the backbone arguments; it maps images ``[B,3,H,W]`` in ``[0,1]``
+    to logits ``[B,K,H,W]`` (or a dict with ``out`` and ``aux`` logits when ``aux_weight > 0``).
+    Validation scores the class map at the targets' resolution and logs the loss of the same
+    forward pass as ``val/loss`` when targets and image agree in size; ``predict`` writes PNG
+    class maps encoded like the dataset's ground truth.
 
     Args:
-        model: architecture name (``fcn``, ``unet``, ``deeplabv3``, ``deeplabv3plus``,
-            ``semantic_fpn``).
+        model: ``fcn``, ``unet``, ``deeplabv3``, ``deeplabv3plus`` or ``semantic_fpn``.
         backbone: timm or torchvision backbone name.
         backbone_source: ``timm`` or ``torchvision``.
         pretrained: False, True (hub, needs network) or a local weights file.
@@ -40,15 +37,13 @@ class SemanticSegmentationModule(SegTask):
         window_size, window_stride: sliding-window geometry.
         tta_scales: test-time scales (``[1.0]`` = none).
         tta_flip: add horizontal flips at test time.
-        metric_average: ``present`` (classes absent from prediction and ground truth are left
-            out of means) or ``all``.
         class_weighting: weight the loss's classes by the training set's pixel frequencies
             (``inverse``, ``median_frequency`` or ``enet``), counted once before training; the
             loss must take ``class_weights`` (the default cross-entropy, focal, OHEM do).
         class_weights_cache: JSON file of the pixel counts (default:
             ``<default_root_dir>/class_pixel_counts.json``); reused when it exists.
-        **kwargs: :class:`~lightning_seg.tasks.base.SegTask` arguments (optimiser, schedule, ...);
-            the defaults are AdamW 1e-4, the DeepLab-style configs set SGD 0.01 poly explicitly.
+        **kwargs: :class:`~lightning_seg.tasks.base.SegTask` arguments (optimiser, schedule,
+            ``metric_average``, ``extra_metrics``, ...).
     """
 
     hparams_ignore = ("loss",)
@@ -69,7 +64,6 @@ class SemanticSegmentationModule(SegTask):
         window_stride: tuple[int, int] = (341, 341),
         tta_scales: list[float] | None = None,
         tta_flip: bool = False,
-        metric_average: Literal["present", "all"] = "present",
         class_weighting: Literal["none", "inverse", "median_frequency", "enet"] = "none",
         class_weights_cache: str | None = None,
         **kwargs: Any,
@@ -79,7 +73,7 @@ class SemanticSegmentationModule(SegTask):
             self.criterion = loss
 
     def configure_models(self) -> None:
-        from lightning_seg.models import create_model
+        from lightning_seg.models import create_model, model_entry
 
         hp = self.hparams
         kwargs = dict(hp.model_kwargs or {})
@@ -87,10 +81,9 @@ class SemanticSegmentationModule(SegTask):
             kwargs["output_stride"] = hp.output_stride
         if hp.aux_weight > 0:
             kwargs["aux_head"] = True
-        self.model = create_model(
-            hp.model, num_classes=self.num_classes, backbone=hp.backbone,
-            backbone_source=hp.backbone_source, pretrained=hp.pretrained, **kwargs,
-        )
+        name = model_entry(hp.model, "per_pixel", key="model.model").name
+        self.model = create_model(name, "per_pixel", num_classes=self.num_classes, backbone=hp.backbone,
+                                  backbone_source=hp.backbone_source, pretrained=hp.pretrained, **kwargs)
 
     def configure_losses(self) -> None:
         from lightning_seg.losses import CrossEntropyLoss
@@ -98,10 +91,8 @@ class SemanticSegmentationModule(SegTask):
         # the default; a ``loss`` given to the constructor replaces it
         self.criterion = CrossEntropyLoss(ignore_index=self.ignore_index)
 
-    def configure_metrics(self) -> None:
-        avg = self.hparams.metric_average
-        self.val_metrics = SemanticSegmentationMetrics(self.num_classes, self.ignore_index, average=avg)
-        self.test_metrics = SemanticSegmentationMetrics(self.num_classes, self.ignore_index, average=avg)
+    def available_kinds(self) -> tuple[Kind, ...]:
+        return ("semantic",)
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.class_weighting != "none":
@@ -127,81 +118,33 @@ class SemanticSegmentationModule(SegTask):
             weights = compute_class_weights(iter(()), self.num_classes, method, self.ignore_index, cache)
         return weights
 
-    # --- training -------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
         """Logits ``[B,K,H,W]`` of the main head."""
         out = self.model(images)
         return out["out"] if isinstance(out, dict) else out
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         target = torch.stack([t["semantic"] for t in batch["targets"]])
         out = self.model(batch["images"])
-        terms: dict[str, Tensor] = {}
-        if isinstance(out, dict):
-            terms["loss_main"] = self.criterion(out["out"], target)
-            if "aux" in out and self.hparams.aux_weight > 0:
-                terms["loss_aux"] = self.hparams.aux_weight * self.criterion(out["aux"], target)
-        else:
-            terms["loss_main"] = self.criterion(out, target)
-        loss = sum(terms.values())
-        self.check_finite(loss, terms)
-        bs = len(batch["targets"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        if len(terms) > 1:
-            self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=bs)
-        return loss
+        if not isinstance(out, dict):
+            return {"loss_main": self.criterion(out, target)}
+        terms = {"loss_main": self.criterion(out["out"], target)}
+        if "aux" in out and self.hparams.aux_weight > 0:
+            terms["loss_aux"] = self.hparams.aux_weight * self.criterion(out["aux"], target)
+        return terms
 
-    # --- inference ------------------------------------------------------------------------
-    def probabilities(self, images: Tensor) -> Tensor:
-        """Class probabilities ``[B,K,Hp,Wp]`` with the configured inference mode and TTA."""
-        hp = self.hparams
-        return dense_probabilities(
-            self.forward, images, mode=hp.inference, window=hp.window_size, stride=hp.window_stride,
-            scales=hp.tta_scales or (1.0,), flip=hp.tta_flip,
-        )
-
-    def _eval_step(self, batch: Batch, metrics: SemanticSegmentationMetrics, prefix: str, batch_idx: int = -1) -> None:
+    def predict(self, batch: Batch, at_original_size: bool) -> dict[str, list[Any]]:
+        """Class maps int64 ``[H, W]`` per image (argmax of the logits, or of the averaged
+        probabilities with sliding windows or TTA)."""
         hp = self.hparams
         targets = batch["targets"]
-        same_size = all(tuple(t["target_size"]) == tuple(t["image_size"]) for t in targets)
         if hp.inference == "whole" and not hp.tta_flip and list(hp.tta_scales or [1.0]) == [1.0]:
-            # plain inference: one forward gives the prediction (and the loss when sizes agree)
-            logits = self.forward(batch["images"])
-            if same_size:
+            scores = self.forward(batch["images"])
+            if not at_original_size and all(tuple(t["target_size"]) == tuple(t["image_size"]) for t in targets):
                 target = torch.stack([t["semantic"] for t in targets])
-                self.log(f"{prefix}/loss", self.criterion(logits, target), batch_size=len(targets))
+                self.log(f"{self.eval_stage}/loss", self.criterion(scores, target), batch_size=len(targets))
         else:
-            logits = self.probabilities(batch["images"])
-        preds = []
-        for p, t in zip(logits, targets):
-            h, w = t["target_size"]
-            pred = crop_and_resize(p, t["image_size"], (h, w)).argmax(0)
-            metrics.update(pred[None], t["semantic"][None, :h, :w])
-            preds.append(pred)
-        self.log_overlays(batch_idx, batch, {"semantic": preds})
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val", batch_idx)
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_metric_dict("val", self.val_metrics.compute(), prog_bar=False)
-        self.val_metrics.reset()
-
-    def on_test_epoch_end(self) -> None:
-        self.log_metric_dict("test", self.test_metrics.compute())
-        self.test_metrics.reset()
-
-    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, list[Tensor]]:
-        """Class maps at each image's original size: ``{"semantic": [int64 [H0,W0], ...]}``."""
-        prob = self.probabilities(batch["images"])
-        preds = {
-            "semantic": [
-                crop_and_resize(p, t["image_size"], t["orig_size"]).argmax(0)
-                for p, t in zip(prob, batch["targets"])
-            ]
-        }
-        self.write_predictions(batch, preds)
-        return preds
+            scores = dense_probabilities(self.forward, batch["images"], mode=hp.inference, window=hp.window_size,
+                                         stride=hp.window_stride, scales=hp.tta_scales or (1.0,), flip=hp.tta_flip)
+        key = "orig_size" if at_original_size else "target_size"
+        return {"semantic": [crop_and_resize(s, t["image_size"], t[key]).argmax(0) for s, t in zip(scores, targets)]}

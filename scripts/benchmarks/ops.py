@@ -7,8 +7,22 @@ extra call (CUDA: allocator peak; CPU: resident-set high-water mark of that call
 forked single-threaded child). ``criterion, HF's point draws`` runs ``SetCriterion`` with
 ``shared_points=False`` (fresh points per layer and per mask, as HF draws them).
 
+Two options compare our own defaults against a reference setting of the same op, with the
+same ``compare`` (alternating rounds, ratio default / reference):
+
+* ``--chunks``: the matcher's cost (``mask_matching_costs``, same points and targets on both
+  sides) with the default ``chunk_elements`` (see ``point_mask_costs``: on CPU chunks of
+  images of a few MiB of point logits) against one pass over the whole batch
+  (``chunk_elements = B*Q*P``).
+* ``--bands``: panoptic, instance and semantic inference with the default ``band_budget``
+  (see ``band_budget_for``: cache-sized bands on CPU) against ``band_budget=2**24``.
+
+On an accelerator the defaults already are one pass / ``2**24``, so both print about 1 there.
+
     python scripts/benchmarks/ops.py                      # full sizes (a few minutes on CPU)
     python scripts/benchmarks/ops.py --batch 2 --aux 2    # quick
+    python scripts/benchmarks/ops.py --only matcher --chunks
+    python scripts/benchmarks/ops.py --only inference --bands
 """
 
 from __future__ import annotations
@@ -28,12 +42,14 @@ import torch
 from lightning_seg.losses import SetCriterion
 from lightning_seg.ops import (
     instance_inference,
+    mask_matching_costs,
     match_masks,
     matrix_nms,
     panoptic_inference,
     semantic_inference,
     solve_assignment,
 )
+from lightning_seg.ops.point_sampling import rand_points_row_major
 
 
 def _rss_kib(field: str) -> int:
@@ -97,7 +113,8 @@ def _seconds(fn, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def compare(name: str, ours_fn, ref_fn, device: torch.device, repeats: int, ref_name: str = "HF") -> None:
+def compare(name: str, ours_fn, ref_fn, device: torch.device, repeats: int, ref_name: str = "HF",
+            ours_name: str = "ours") -> None:
     """Time ``ours_fn`` against ``ref_fn`` in alternating rounds and print one line.
 
     After ``WARMUP`` calls of each, every round runs both once, alternating which goes first,
@@ -122,7 +139,7 @@ def compare(name: str, ours_fn, ref_fn, device: torch.device, repeats: int, ref_
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     ours_mem, ref_mem = peak_memory_mib(ours_fn, device), peak_memory_mib(ref_fn, device)
     print(
-        f"{name:<34} ours {med(ours) * 1e3:9.1f} ms  peak {ours_mem:7.1f} MiB | {ref_name} "
+        f"{name:<34} {ours_name} {med(ours) * 1e3:9.1f} ms  peak {ours_mem:7.1f} MiB | {ref_name} "
         f"{med(ref) * 1e3:9.1f} ms  peak {ref_mem:7.1f} MiB | ratio {med(ratios):.3f} "
         f"(rounds {min(ratios):.3f}-{max(ratios):.3f})",
         flush=True,
@@ -153,7 +170,7 @@ def make_problem(args, device):
     return logits, masks, aux, targets
 
 
-def bench_training(args, device):
+def bench_training(args, device, criterion: bool = True):
     from transformers import Mask2FormerConfig
     from transformers.models.mask2former.modeling_mask2former import Mask2FormerHungarianMatcher, Mask2FormerLoss
 
@@ -174,6 +191,23 @@ def bench_training(args, device):
     cost = torch.rand(args.batch, args.queries, t, generator=torch.Generator().manual_seed(1)).to(device)
     compare("assignment only: torch vs scipy", lambda: solve_assignment(cost, solver="torch"),
             lambda: solve_assignment(cost, solver="scipy"), device, args.repeats, "scipy")
+
+    if args.chunks:
+        # The matcher's cost at fixed points (drawn once, row-major as match_masks draws them),
+        # default chunks against the whole batch in one pass; the solver is not timed.
+        points = rand_points_row_major(args.batch, args.points, generator=torch.Generator().manual_seed(4)).to(device)
+        one_pass = args.batch * args.queries * args.points
+
+        @torch.no_grad()
+        def matcher_cost(chunk_elements):
+            return mask_matching_costs(logits, masks, labels, tmasks, points, 2.0, 5.0, 5.0,
+                                       chunk_elements=chunk_elements, row_ordered=True)
+
+        compare("matcher cost: default chunks", lambda: matcher_cost(None), lambda: matcher_cost(one_pass),
+                device, args.repeats, f"one pass (chunk_elements={one_pass})", "default")
+
+    if not criterion:
+        return
 
     crit = SetCriterion(num_classes=args.classes, num_points=args.points).to(device)
     cfg = Mask2FormerConfig(num_labels=args.classes, train_num_points=args.points, oversample_ratio=3.0,
@@ -233,20 +267,29 @@ def bench_inference(args, device):
     proc = Mask2FormerImageProcessor()
     things = list(range(80))
     sizes = dict(padded_size=size, image_sizes=[size] * b, orig_sizes=[size] * b)
-    compare("panoptic inference",
-            lambda: panoptic_inference(logits, masks, things, object_mask_threshold=0.8, **sizes),
+    # band_budget=None: the op's default for the device.
+    ours = {
+        "panoptic": lambda band_budget=None: panoptic_inference(
+            logits, masks, things, object_mask_threshold=0.8, band_budget=band_budget, **sizes),
+        "instance": lambda band_budget=None: instance_inference(
+            logits, masks, topk=q, score_threshold=0.5, drop_empty=True, band_budget=band_budget, **sizes),
+        "semantic": lambda band_budget=None: semantic_inference(logits, masks, band_budget=band_budget, **sizes),
+    }
+    compare("panoptic inference", ours["panoptic"],
             lambda: proc.post_process_panoptic_segmentation(outputs, threshold=0.8, target_sizes=[size] * b,
                                                             label_ids_to_fuse=set(range(80, k))),
             device, args.repeats)
-    compare("instance inference (top-100)",
-            lambda: instance_inference(logits, masks, topk=q, score_threshold=0.5, drop_empty=True, **sizes),
+    compare("instance inference (top-100)", ours["instance"],
             lambda: proc.post_process_instance_segmentation(outputs, threshold=0.5, target_sizes=[size] * b,
                                                             return_binary_maps=True),
             device, args.repeats)
-    compare("semantic inference",
-            lambda: semantic_inference(logits, masks, **sizes),
+    compare("semantic inference", ours["semantic"],
             lambda: proc.post_process_semantic_segmentation(outputs, target_sizes=[size] * b),
             device, args.repeats)
+    if args.bands:
+        for task, fn in ours.items():
+            compare(f"{task} inference: default bands", fn, lambda fn=fn: fn(1 << 24), device, args.repeats,
+                    "band_budget=2**24", "default")
 
 
 def _matrix_nms_per_image(masks, scores, labels, sigma=2.0):
@@ -305,8 +348,17 @@ def main() -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the (one extra call) memory runs")
     p.add_argument("--criterion-repeats", type=int, default=1)
     p.add_argument("--criterion-warmup", type=int, default=0, help="the matcher runs warm up most of it")
-    p.add_argument("--only", choices=["training", "inference", "nms"], default=None)
+    p.add_argument("--only", choices=["training", "matcher", "inference", "nms"], default=None,
+                   help="one group; 'matcher': the matcher and assignment lines of 'training', no criterion")
+    p.add_argument("--chunks", action="store_true",
+                   help="also time the matcher cost with the default chunk_elements against one pass (B*Q*P)")
+    p.add_argument("--bands", action="store_true",
+                   help="also time the three inference ops with the default band_budget against 2**24")
     args = p.parse_args()
+    if args.chunks and args.only not in (None, "training", "matcher"):
+        p.error("--chunks runs with the matcher: use it without --only or with --only matcher/training")
+    if args.bands and args.only not in (None, "inference"):
+        p.error("--bands runs with inference: use it without --only or with --only inference")
     device = torch.device(args.device)
     global WARMUP, MEASURE_MEMORY
     WARMUP = args.warmup
@@ -316,8 +368,8 @@ def main() -> None:
     print(f"device={device} ({platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}) "
           f"torch {torch.__version__} transformers {transformers.__version__}")
     print(f"sizes: {vars(args)}")
-    if args.only in (None, "training"):
-        bench_training(args, device)
+    if args.only in (None, "training", "matcher"):
+        bench_training(args, device, criterion=args.only != "matcher")
     if args.only in (None, "inference"):
         bench_inference(args, device)
     if args.only in (None, "nms"):

@@ -1,11 +1,15 @@
 """Benchmark the per-pixel semantic models against torchvision and segmentation_models_pytorch.
 
 Each pair runs ours and the reference on the same input in this process, with the same
-backbone (a torchvision-layout ResNet-50) and a matched head, and prints parameters, forward
+backbone (a torchvision-layout ResNet-50) and the same head, and prints parameters, forward
 FLOPs (``torch.utils.flop_counter``; one multiply-add = 2 FLOPs) and the best and median
 forward times. Each timed round runs both models back to back (alternating which goes first),
 and the ratio is the median over rounds of ours / reference within the round (lower is
 better): a paired statistic, so a change in machine load between rounds cancels out.
+Each pair is one network twice: the reference's weights load into ours and give the same
+logits, as ``tests/models/test_semantic_models.py`` (FCN, DeepLabV3) and
+``tests/models/test_smp_parity.py`` (U-Net, DeepLabV3+: the options below, on a smaller
+encoder or narrower ASPP) check.
 ``--ours-only`` adds our other models with their default (timm) backbone, with no reference.
 
     python scripts/benchmarks/semantic_models.py                         # 512x512, all pairs
@@ -77,13 +81,14 @@ def pairs() -> dict[str, tuple[Callable[[], nn.Module], Callable[[], nn.Module] 
         ),
         "unet": (
             lambda: UNet(K, backbone="resnet50", backbone_source="torchvision", decoder_channels=(256, 128, 64, 32, 16),
-                         upsampling="nearest"),
+                         upsampling="nearest", classifier_kernel_size=3),
             (lambda: Normalised(smp.Unet("resnet50", encoder_weights=None, classes=K))) if smp else None,
             "smp Unet resnet50",
         ),
         "deeplabv3plus": (
             lambda: DeepLabV3Plus(K, backbone="resnet50", backbone_source="torchvision", output_stride=16,
-                                  aspp_rates=(12, 24, 36), aspp_separable=True, decoder_separable=True, decoder_convs=1),
+                                  aspp_rates=(12, 24, 36), aspp_separable=True, post_aspp_conv=True, decoder_convs=1,
+                                  decoder_separable=True, dropout=0.0, align_corners=True, uniform_dilation=True),
             (lambda: Normalised(smp.DeepLabV3Plus("resnet50", encoder_weights=None, classes=K))) if smp else None,
             "smp DeepLabV3Plus resnet50",
         ),

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import random
+
 import numpy as np
 import pytest
 import torch
+from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from lightning_seg.data import (
@@ -15,7 +18,9 @@ from lightning_seg.data import (
     CocoPanopticDataset,
     SemanticFolderDataset,
 )
-from lightning_seg.structures import IGNORE_INDEX, check_sample
+from lightning_seg.data.transforms import build_augmentation
+from lightning_seg.structures import IGNORE_INDEX, check_sample, collate
+from tests.box_reference import reference_boxes
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +130,51 @@ def test_hf_sample_panoptic_and_instances(shared_data, tmp_path):
     pan_things = sorted(pan.metadata.category_ids[int(c)] for c, t in zip(s["labels"], s["is_thing"]) if t)
     inst_cats_seen = sorted(inst.metadata.category_ids[int(c)] for c in si["labels"])
     assert set(pan_things) <= set(inst_cats_seen)
+
+
+def _hf_instance_json(shared_data, tmp_path):
+    d = shared_data / "hf_coco_000000039769"
+    cats = json.loads((shared_data / "panopticapi_sample" / "panoptic_coco_categories.json").read_text())
+    inst_json = {
+        "images": [{"id": 39769, "file_name": "000000039769.png", "height": 480, "width": 640}],
+        "annotations": json.loads((d / "coco_annotations.txt").read_text()),
+        "categories": [c for c in cats if c["isthing"]],
+    }
+    (tmp_path / "inst.json").write_text(json.dumps(inst_json))
+    return d, tmp_path / "inst.json"
+
+
+def test_real_coco_boxes_are_the_rasterised_masks_boxes(shared_data, tmp_path):
+    d, inst_json = _hf_instance_json(shared_data, tmp_path)
+    s = CocoInstanceDataset(inst_json, d)[0]
+    coco = COCO(str(inst_json))
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=[39769]))
+    ref = np.array([mask_util.toBbox(coco.annToRLE(a)) for a in anns], np.float32)
+    xywh = torch.cat([s["boxes"][:, :2], s["boxes"][:, 2:] - s["boxes"][:, :2]], dim=1)
+    np.testing.assert_array_equal(xywh.numpy(), ref)
+    # the JSON's polygon boxes are not the rasterised masks' (sub-pixel, up to a pixel off)
+    json_boxes = np.array([a["bbox"] for a in anns], np.float32)
+    assert not np.array_equal(json_boxes, ref) and np.abs(json_boxes - ref).max() <= 1.5
+
+
+@pytest.mark.parametrize("spec", ["lsj", [{"type": "Rotate", "limit": 45, "p": 1.0}]], ids=["lsj", "rotate"])
+def test_real_coco_boxes_follow_augmented_masks(shared_data, tmp_path, spec):
+    random.seed(0)
+    np.random.seed(0)
+    d, inst_json = _hf_instance_json(shared_data, tmp_path)
+    plain = CocoInstanceDataset(inst_json, d)[0]
+    ds = CocoInstanceDataset(inst_json, d, transform=build_augmentation(spec, 320))
+    samples = [ds[0] for _ in range(6)]
+    for s in samples:
+        check_sample(s, ds.metadata.num_classes)
+        np.testing.assert_array_equal(s["boxes"].numpy(), reference_boxes(s["masks"].numpy()))
+        assert s["boxes"].shape[0] == s["masks"].shape[0] >= 1
+    # the boxes did move with the crops/rotations: none of the draws keeps the original boxes
+    assert all(not torch.equal(s["boxes"], plain["boxes"]) for s in samples)
+    batch = collate(samples, size_divisibility=64)
+    for s, t in zip(samples, batch["targets"]):
+        assert torch.equal(t["boxes"], s["boxes"])
+        np.testing.assert_array_equal(t["boxes"].numpy(), reference_boxes(t["masks"].numpy()))
 
 
 def test_coco_val2014_rasterisation_equals_pycocotools(shared_data):

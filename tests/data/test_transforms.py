@@ -7,9 +7,10 @@ import random
 import numpy as np
 import pytest
 
-from lightning_seg.data.base import Record, semantic_from_segments
+from lightning_seg.data.base import Record, record_to_sample, semantic_from_segments
 from lightning_seg.data.transforms import build_augmentation
-from lightning_seg.structures import IGNORE_INDEX
+from lightning_seg.structures import IGNORE_INDEX, check_sample
+from tests.box_reference import reference_boxes
 
 
 def _record(h=64, w=80, seed=0) -> Record:
@@ -133,3 +134,31 @@ def test_empty_sample_and_unknown_spec():
         build_augmentation([{"type": "NoSuchThing"}])
     with pytest.raises(ValueError, match="unknown augmentation preset"):
         build_augmentation("nope")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "lsj",
+        "ade20k",
+        [{"type": "Rotate", "limit": 40, "p": 1.0}],
+        [{"type": "Affine", "scale": [0.6, 1.4], "rotate": [-30, 30], "shear": [-10, 10], "p": 1.0}],
+        [{"type": "Crop", "x_min": 20, "y_min": 10, "x_max": 70, "y_max": 50}, {"type": "VerticalFlip", "p": 1.0}],
+    ],
+    ids=["lsj", "ade20k", "rotate", "affine", "crop_vflip"],
+)
+def test_sample_boxes_follow_the_augmented_masks(spec):
+    random.seed(0)
+    np.random.seed(0)
+    rec = _record()
+    moved = 0
+    for _ in range(6):
+        sample = record_to_sample(build_augmentation(spec, 48)(rec))
+        check_sample(sample, 4)
+        boxes = sample["boxes"].numpy()
+        np.testing.assert_array_equal(boxes, reference_boxes(sample["masks"].numpy()))
+        h, w = sample["masks"].shape[1:]
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+        moved += not np.array_equal(boxes, reference_boxes(rec["masks"])[: len(boxes)])
+    assert moved  # the transforms did change the boxes, so the check above is not vacuous

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from lightning_seg.evaluation import main
 from lightning_seg.evaluation.panoptic_io import load_json, read_id_png
@@ -66,6 +71,78 @@ def test_instance_reproduces_published_cocoeval(shared_data, tmp_path, backend):
         assert rc == 0
         stats = json.loads(out.read_text())[iou_type]
         assert [round(stats[n], 3) for n in NAMES] == PUBLISHED[iou_type]
+
+
+def _published(root, iou_type):
+    """The 12 numbers of one ``type=...`` block of cocoapi's val2014_fake_eval_res.txt."""
+    text = (root / "val2014_fake_eval_res.txt").read_text()
+    block = text.split(f"type={iou_type}\n")[1].split("type=")[0]
+    values = [float(v) for v in re.findall(r"\] = (-?\d\.\d+)", block)]
+    assert len(values) == 12
+    return values
+
+
+def _pycocotools(gt_json, results, iou_type):
+    gt = COCO(str(gt_json))
+    evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), iou_type)
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return dict(zip(NAMES, evaluator.stats[:12]))
+
+
+def _instance(root, pred_json, out, *extra):
+    return main(["--task", "instance", "--gt-json", str(root / "instances_val2014_100.json"),
+                 "--pred-json", str(pred_json), "--output", str(out), *extra])  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_instance_iou_type_bbox_equals_pycocotools_and_published(shared_data, tmp_path, backend):
+    root = shared_data / "coco_val2014_100_eval"
+    pred_json = root / "instances_val2014_fakebbox100_results.json"
+    out = tmp_path / "bbox.json"
+    assert _instance(root, pred_json, out, "--iou-type", "bbox", "--backend", backend) == 0
+    report = json.loads(out.read_text())
+    assert set(report) == {"bbox"}
+    ref = _pycocotools(root / "instances_val2014_100.json", json.loads(pred_json.read_text()), "bbox")
+    for name in NAMES:
+        assert report["bbox"][name] == pytest.approx(ref[name], abs=1e-9), name
+    assert [round(report["bbox"][n], 3) for n in NAMES] == _published(root, "bbox")
+    assert [report["bbox"][n] for n in ("AP", "AP50", "AP75")] == pytest.approx([0.505, 0.697, 0.573], abs=5e-4)
+
+
+def test_instance_file_with_masks_and_boxes_scores_each_type(shared_data, tmp_path):
+    root = shared_data / "coco_val2014_100_eval"
+    segm_only = json.loads((root / "instances_val2014_fakesegm100_results.json").read_text())
+    both = [{**r, "bbox": mask_util.toBbox(r["segmentation"]).tolist()} for r in segm_only]
+    pred_json = tmp_path / "both.json"
+    pred_json.write_text(json.dumps(both))
+    gt_json = root / "instances_val2014_100.json"
+    assert _instance(root, pred_json, tmp_path / "all.json") == 0
+    report = json.loads((tmp_path / "all.json").read_text())
+    assert set(report) == {"segm", "bbox"}
+    # mask AP is scored on the masks alone (their areas, not the boxes'), as for a segm-only file
+    ref_segm = _pycocotools(gt_json, segm_only, "segm")
+    ref_bbox = _pycocotools(gt_json, both, "bbox")
+    for name in NAMES:
+        assert report["segm"][name] == pytest.approx(ref_segm[name], abs=1e-9), name
+        assert report["bbox"][name] == pytest.approx(ref_bbox[name], abs=1e-9), name
+    assert [round(report["segm"][n], 3) for n in NAMES] == _published(root, "segm")
+    assert _instance(root, pred_json, tmp_path / "segm.json", "--iou-type", "segm") == 0
+    assert json.loads((tmp_path / "segm.json").read_text()) == {"segm": report["segm"]}
+
+
+def test_instance_iou_type_missing_from_file(shared_data, tmp_path, capsys):
+    root = shared_data / "coco_val2014_100_eval"
+    bbox_file = root / "instances_val2014_fakebbox100_results.json"
+    segm_file = root / "instances_val2014_fakesegm100_results.json"
+    assert _instance(root, bbox_file, tmp_path / "o.json", "--iou-type", "segm") == 1
+    err = capsys.readouterr().err
+    assert str(bbox_file) in err and "--iou-type segm" in err and "'segmentation'" in err and "detection 0" in err
+    assert _instance(root, segm_file, tmp_path / "o.json", "--iou-type", "bbox") == 1
+    err = capsys.readouterr().err
+    assert str(segm_file) in err and "--iou-type bbox" in err and "'bbox'" in err
+    assert not (tmp_path / "o.json").exists()
 
 
 def test_semantic_ade20k_both_conventions(shared_data, tmp_path):

@@ -20,6 +20,7 @@ from lightning_seg.evaluation import (
     rgb_to_id,
     write_class_png,
     write_coco_panoptic,
+    instance_prediction_to_coco_results,
     write_coco_results,
 )
 from lightning_seg.structures import DatasetMetadata
@@ -116,3 +117,24 @@ def test_coco_results_writer_scores_perfectly(tmp_path):
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     res = evaluate_instance(tmp_path / "gt.json", tmp_path / "res.json")
     assert res["segm"]["AP"] == pytest.approx(1.0) and res["bbox"]["AP"] == pytest.approx(1.0)
+
+
+def test_coco_results_boxes_predicted_or_from_masks():
+    meta = _metadata()
+    masks = torch.zeros(3, 16, 18, dtype=torch.bool)
+    masks[0, 1:6, 2:9] = True
+    masks[1, 8:15, 5:17] = True  # masks[2] is empty
+    pred = {"masks": masks, "labels": torch.tensor([0, 1, 2]), "scores": torch.tensor([0.9, 0.7, 0.2])}
+    boxes = torch.tensor([[1.5, 0.25, 10.0, 7.0], [4.0, 8.0, 17.0, 16.0], [3.0, 3.0, 5.0, 4.0]])
+    # predicted boxes are written (as x, y, w, h) whenever the prediction has them
+    for with_boxes in (False, True):
+        res = instance_prediction_to_coco_results({**pred, "boxes": boxes}, 5, meta, with_boxes=with_boxes)
+        assert [r["bbox"] for r in res] == [[1.5, 0.25, 8.5, 6.75], [4.0, 8.0, 13.0, 8.0], [3.0, 3.0, 2.0, 1.0]]
+        assert [r["category_id"] for r in res] == [3, 7, 11] and [r["score"] for r in res] == pytest.approx([0.9, 0.7, 0.2])
+    # without them: the masks' boxes when asked, as pycocotools computes them from the RLE
+    res = instance_prediction_to_coco_results(pred, 5, meta, with_boxes=True)
+    assert [r["bbox"] for r in res] == [mask_util.toBbox(r["segmentation"]).tolist() for r in res]
+    assert res[2]["bbox"] == [0.0, 0.0, 0.0, 0.0]
+    assert all("bbox" not in r for r in instance_prediction_to_coco_results(pred, 5, meta))
+    with pytest.raises(ValueError, match=r"image 5: boxes must be \[3, 4\]"):
+        instance_prediction_to_coco_results({**pred, "boxes": boxes[:2]}, 5, meta)

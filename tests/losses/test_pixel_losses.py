@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lightning_seg.losses import (
-    AuxiliaryHeadLoss,
     CombinedLoss,
     CrossEntropyLoss,
     DiceLoss,
@@ -364,16 +363,3 @@ def test_combined_loss_builds_from_class_path_config():
     assert isinstance(loss, CombinedLoss) and loss.weights == [1.0, 0.25]
     logits, target = make_inputs()
     assert torch.isfinite(loss(logits, target))
-
-
-def test_auxiliary_head_loss():
-    logits, target = make_inputs(seed=9)
-    aux = torch.randn_like(logits)
-    ce, dice = CrossEntropyLoss(), DiceLoss()
-    torch.testing.assert_close(AuxiliaryHeadLoss(ce, 0.4)({"out": logits, "aux": aux}, target),
-                               ce(logits, target) + 0.4 * ce(aux, target))
-    torch.testing.assert_close(AuxiliaryHeadLoss(ce, 0.4, aux_loss=dice)({"out": logits, "aux": aux}, target),
-                               ce(logits, target) + 0.4 * dice(aux, target))
-    torch.testing.assert_close(AuxiliaryHeadLoss(ce)(logits, target), ce(logits, target))
-    with pytest.raises(ValueError, match="'out'"):
-        AuxiliaryHeadLoss(ce)({"logits": logits}, target)

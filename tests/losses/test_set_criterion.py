@@ -1,4 +1,5 @@
-"""SetCriterion against HF transformers' Mask2FormerLoss with identical random points."""
+"""SetCriterion against HF transformers' Mask2FormerLoss (identical random points) and DETR's
+ImageLoss, against loops, and the expected loss of shared point draws."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import pytest
 import torch
 
 from lightning_seg.losses.set_criterion import SetCriterion
-from lightning_seg.losses.set_mask_losses import sigmoid_focal_per_mask
 
 NUM_POINTS = 64
 
@@ -46,11 +46,11 @@ def _fix_random_points(monkeypatch, rand) -> None:
     ``rand_points_row_major`` (the same distribution, ordered by row), redirected here to
     ``torch.rand`` with the same shapes.
     """
-    import lightning_seg.losses.set_criterion as set_criterion
+    import lightning_seg.losses.set_terms as set_terms
 
     monkeypatch.setattr(torch, "rand", rand)
     monkeypatch.setattr(
-        set_criterion, "rand_points_row_major", lambda g, n, device=None, generator=None: rand(g, n, 2)
+        set_terms, "rand_points_row_major", lambda g, n, device=None, generator=None: rand(g, n, 2)
     )
 
 
@@ -150,13 +150,21 @@ def test_bad_targets_are_named():
         crit({"pred_logits": logits[..., :3], "pred_masks": masks}, targets)
 
 
-def test_maskformer_variant_matches_loop():
-    """Focal + dice on full masks equals a per-image loop over scipy matches."""
+def _focal(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean sigmoid focal loss over pixels, by torchvision (the reference)."""
+    from torchvision.ops import sigmoid_focal_loss
+
+    return sigmoid_focal_loss(x, y, alpha=0.25, gamma=2.0, reduction="mean")
+
+
+def test_dense_masks_term_matches_loop():
+    """MaskFormer's terms (focal + dice on full masks) equal a per-image loop over scipy matches."""
     from scipy.optimize import linear_sum_assignment
 
     k = 4
     logits, masks, _, targets = _problem(5, num_targets=(3, 2), k=k, h=8, hp=16)
-    crit = SetCriterion(num_classes=k, variant="maskformer", class_weight=1.0, mask_weight=20.0, dice_weight=1.0)
+    crit = SetCriterion(num_classes=k, losses=["labels", "dense_masks"], class_weight=1.0, mask_weight=20.0,
+                        dice_weight=1.0)
     got = crit({"pred_logits": logits, "pred_masks": masks}, targets)
     up = torch.nn.functional.interpolate(masks, size=(16, 16), mode="bilinear", align_corners=False)
     ce_t = torch.full((2, 8), k)
@@ -168,14 +176,13 @@ def test_maskformer_variant_matches_loop():
         cost = torch.zeros(8, len(y))
         for qi in range(8):
             for ti in range(len(y)):
-                focal = sigmoid_focal_per_mask(x[qi : qi + 1], y[ti : ti + 1])[0]
                 s = x[qi].sigmoid()
                 dice = 1 - (2 * (s * y[ti]).sum() + 1) / (s.sum() + y[ti].sum() + 1)
-                cost[qi, ti] = -prob[qi, t["labels"][ti]] + 20 * focal + dice
+                cost[qi, ti] = -prob[qi, t["labels"][ti]] + 20 * _focal(x[qi], y[ti]) + dice
         rows, cols = linear_sum_assignment(cost.numpy())
         for r, c in zip(rows, cols):
             ce_t[i, r] = t["labels"][c]
-            focal_sum += sigmoid_focal_per_mask(x[r : r + 1], y[c : c + 1])[0]
+            focal_sum += _focal(x[r], y[c])
             s = x[r].sigmoid()
             dice_sum += 1 - (2 * (s * y[c]).sum() + 1) / (s.sum() + y[c].sum() + 1)
     weight = torch.ones(k + 1)
@@ -183,6 +190,103 @@ def test_maskformer_variant_matches_loop():
     torch.testing.assert_close(got["loss_ce"], torch.nn.functional.cross_entropy(logits.transpose(1, 2), ce_t, weight=weight))
     torch.testing.assert_close(got["loss_mask"], focal_sum / 5, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got["loss_dice"], dice_sum / 5, rtol=1e-5, atol=1e-6)
+
+
+def _detr_problem(seed: int, num_targets=(3, 0, 4), q=7, k=4, size=(24, 32)):
+    g = torch.Generator().manual_seed(seed)
+    b, (h, w) = len(num_targets), size
+    out = {"pred_logits": torch.randn(b, q, k + 1, generator=g), "pred_boxes": torch.rand(b, q, 4, generator=g) * 0.5 + 0.2,
+           "pred_masks": torch.randn(b, q, h // 4, w // 4, generator=g)}
+    targets = []
+    for i, n in enumerate(num_targets):
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+        wh = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4]) + 1
+        targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(0, k, (n,), generator=g),
+                        "masks": torch.rand(n, h, w, generator=g) > 0.5, "image_size": (h, w), "image_id": i})
+    return out, targets
+
+
+@pytest.mark.parametrize("with_masks", [False, True])
+def test_boxes_term_matches_hf_detr_loss(with_masks):
+    """labels + boxes (+ dense masks trained on the box matching) equal HF's DETR ImageLoss."""
+    hf = pytest.importorskip("transformers.loss.loss_for_object_detection")
+    from torchvision.ops import box_convert
+
+    k = 4
+    out, targets = _detr_problem(7)
+    losses = ["labels", "boxes"] + (["dense_masks"] if with_masks else [])
+    ours = SetCriterion(num_classes=k, losses=losses, match_losses=["labels", "boxes"], class_weight=1.0,
+                        mask_weight=1.0, dice_weight=1.0, bbox_weight=5.0, giou_weight=2.0)
+    leaves = {key: v.clone().requires_grad_() for key, v in out.items()}
+    got = ours(leaves, targets)
+    ref_crit = hf.ImageLoss(hf.HungarianMatcher(class_cost=1, bbox_cost=5, giou_cost=2), k, 0.1, losses[:2] + (
+        ["masks"] if with_masks else []))
+    ref_in = {key: v.clone().requires_grad_() for key, v in out.items()}
+    scale = torch.tensor([32.0, 24.0, 32.0, 24.0])
+    ref_targets = [{"class_labels": t["labels"], "boxes": box_convert(t["boxes"] / scale, "xyxy", "cxcywh"),
+                    "masks": t["masks"].float()} for t in targets]
+    ref = ref_crit({"logits": ref_in["pred_logits"], "pred_boxes": ref_in["pred_boxes"],
+                    "pred_masks": ref_in["pred_masks"]}, ref_targets)
+    assert set(got) == set(ours.weights) and len(got) == (5 if with_masks else 3)
+    for key in got:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-6, msg=key)
+    sum(got.values()).backward()
+    sum(ref[key] for key in got).backward()
+    for key in leaves:
+        torch.testing.assert_close(leaves[key].grad, ref_in[key].grad, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_generalized_iou_cost_is_torchvision_per_image():
+    from torchvision.ops import box_convert, generalized_box_iou
+
+    from lightning_seg.ops import generalized_iou_cost
+
+    out, targets = _detr_problem(8, num_targets=(2, 3))
+    tgt = torch.rand(2, 3, 4) * 0.4 + 0.1
+    got = generalized_iou_cost(out["pred_boxes"], tgt)
+    for i in range(2):
+        want = -generalized_box_iou(box_convert(out["pred_boxes"][i], "cxcywh", "xyxy"), box_convert(tgt[i], "cxcywh", "xyxy"))
+        torch.testing.assert_close(got[i], want)
+
+
+def test_boxes_term_needs_boxes_and_match_losses_are_checked():
+    out, targets = _detr_problem(9)
+    with pytest.raises(ValueError, match=r"boxes must be a \[N=3, 4\]"):
+        SetCriterion(4, losses=["labels", "boxes"])(out, [{k: v for k, v in t.items() if k != "boxes"} for t in targets])
+    with pytest.raises(ValueError, match="match_losses"):
+        SetCriterion(4, losses=["labels", "boxes"], match_losses=["masks"])
+    with pytest.raises(ValueError, match="choose one"):
+        SetCriterion(4, losses=["labels", "masks", "dense_masks"])
+    with pytest.raises(KeyError, match="pred_boxes"):
+        SetCriterion(4, losses=["labels", "boxes"])({"pred_logits": out["pred_logits"]}, targets)
+
+
+def _loss_draws(shared: bool, draws: int, importance_sample_ratio: float = 0.75) -> torch.Tensor:
+    """``[draws, 9]`` loss terms (3 layers x ce/mask/dice) of one problem under fresh random points."""
+    logits, masks, aux, targets = _problem(10, num_targets=(3, 2), q=6, k=4, h=10, hp=20)
+    crit = SetCriterion(num_classes=4, num_points=12, importance_sample_ratio=importance_sample_ratio,
+                        shared_points=shared)
+    out = []
+    for seed in range(draws):
+        torch.manual_seed(seed + (0 if shared else 100_000))
+        terms = crit({"pred_logits": logits, "pred_masks": masks, "aux_outputs": aux}, targets)
+        out.append(torch.stack([terms[key] for key in sorted(terms)]))
+    return torch.stack(out).double()
+
+
+def test_shared_points_have_the_expected_loss_of_per_mask_draws():
+    """Over many draws, every layer's loss_ce / loss_mask / loss_dice has the same mean with
+    shared and with per-mask points (difference within 4 standard errors); a change of the
+    point distribution (no importance sampling) is detected by the same test."""
+    n = 400
+    shared, per_mask = _loss_draws(True, n), _loss_draws(False, n)
+    se = (shared.var(0) / n + per_mask.var(0) / n).sqrt()
+    assert (se > 0).all()  # the draws do vary
+    z = (shared.mean(0) - per_mask.mean(0)).abs() / se
+    assert (z < 4).all(), z
+    other = _loss_draws(False, n, importance_sample_ratio=0.0)
+    z_other = (shared.mean(0) - other.mean(0)).abs() / (shared.var(0) / n + other.var(0) / n).sqrt()
+    assert (z_other > 4).any(), z_other
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -28,6 +28,7 @@ def _make_metrics():
         "pq": PanopticQuality(IS_THING),
         "pc": ParsingCovering(IS_THING),
         "ap": MaskAP(K),
+        "ap_bbox": MaskAP(K, iou_types=("segm", "bbox")),
         "biou": BoundaryIoU(K),
         "trimap": TrimapAccuracy(2),
         "assd": AverageSurfaceDistance(K),
@@ -49,6 +50,8 @@ def _batches():
             {"masks": (pcat[i] == c).unsqueeze(0).repeat(2, 1, 1) & masks[i].any(0), "labels": torch.tensor([c, c]), "scores": torch.tensor([0.9, 0.3])}
             for i, c in enumerate(rng.integers(0, K, 2).tolist())
         ]
+        # the first image predicts boxes, the second is scored with its masks' boxes
+        preds_inst[0]["boxes"] = torch.tensor([[0.0, 0.0, 12.0, 12.0], [4.0, 4.0, 24.0, 20.0]])
         targets_inst = [{"masks": masks[i], "labels": labels} for i in range(2)]
         out.append((cat, inst, pcat, preds_inst, targets_inst))
     return out
@@ -60,6 +63,7 @@ def _update(metrics, batch):
     metrics["pq"].update(torch.stack([pcat, inst], -1), torch.stack([cat, inst], -1))
     metrics["pc"].update(torch.stack([pcat, inst], -1), torch.stack([cat, inst], -1))
     metrics["ap"].update(preds_inst, targets_inst)
+    metrics["ap_bbox"].update(preds_inst, targets_inst)
     metrics["biou"].update(pcat, cat)
     metrics["trimap"].update(pcat, cat)
     metrics["assd"].update(pcat, cat)

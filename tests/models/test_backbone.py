@@ -41,6 +41,32 @@ def test_feature_shapes_are_ceil_of_stride(kwargs, strides):
             assert tuple(f.shape) == (1, c, math.ceil(h / s), math.ceil(w / s))
 
 
+@pytest.mark.parametrize("kwargs,names", [
+    (dict(name="resnet10t"), ["res2", "res3", "res4", "res5"]),
+    (dict(name="resnet18", output_stride=8), ["res2", "res3", "res4", "res5"]),
+    (dict(name="resnet10t", min_stride=2), ["stem", "res2", "res3", "res4", "res5"]),
+    (dict(name="vit_tiny_patch16_224", dynamic_img_size=True), ["res2", "res3", "res4", "res5"]),
+    (dict(name="vit_tiny_patch16_224", dynamic_img_size=True, simple_pyramid=False), [f"feature{i}" for i in range(4)]),
+    (dict(name="resnet50", source="torchvision", output_stride=8, out_indices=(0, 2, 4)), ["stem", "res3", "res5"]),
+])
+def test_features_by_name_for_multiscale_roi_align(kwargs, names):
+    from torchvision.ops import MultiScaleRoIAlign
+
+    backbone = Backbone(**kwargs).eval()
+    assert backbone.feature_names == names
+    x = torch.rand(2, 3, 64, 80)
+    with torch.no_grad():
+        by_name = backbone.named_features(x)
+        by_position = backbone(x)
+    assert list(by_name) == names and backbone.feature_strides == dict(zip(names, backbone.strides))
+    for a, b in zip(by_name.values(), by_position):
+        torch.testing.assert_close(a, b)
+    # torchvision's pooler picks the level by its name (one level here: the levels' widths differ)
+    pool = MultiScaleRoIAlign([names[-1]], output_size=7, sampling_ratio=2)
+    boxes = [torch.tensor([[4.0, 4.0, 40.0, 50.0]]), torch.tensor([[0.0, 0.0, 79.0, 63.0]])]
+    assert pool(by_name, boxes, [(64, 80)] * 2).shape == (2, backbone.channels[-1], 7, 7)
+
+
 def test_timm_features_match_timm_on_normalised_input():
     backbone = Backbone("resnet10t").eval()
     ref = timm.create_model("resnet10t", features_only=True, out_indices=(1, 2, 3, 4)).eval()

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_seg.tasks.dense_inference import crop_and_resize, dense_probabilities, slide_inference
+from lightning_seg.ops.dense_inference import crop_and_resize, dense_probabilities, slide_inference
 
 
 def _model(k: int = 4) -> nn.Module:

@@ -30,7 +30,7 @@ def test_batch_with_an_image_without_targets(tmp_path, task):
     sample = dm.datasets["train"][0]
     stuff_only = dict(sample)
     keep = ~sample["is_thing"]  # in instance mode this image has no target at all
-    for key in ("masks", "labels", "iscrowd", "is_thing"):
+    for key in ("masks", "labels", "iscrowd", "is_thing", "boxes"):
         stuff_only[key] = sample[key][keep]
     h, w = sample["image"].shape[1:]
     batch = collate([sample, empty_sample(h, w, image_id=99), stuff_only])
@@ -45,17 +45,21 @@ def test_batch_with_an_image_without_targets(tmp_path, task):
 def test_parameter_groups_and_schedule(tmp_path):
     model, _ = _module(tmp_path, "--model.lr=0.001", "--model.backbone_lr_multiplier=0.1",
                        "--model.weight_decay=0.05", "--model.warmup_steps=10", "--model.max_steps=100")
-    groups = model.parameter_groups()
+    groups = model.configure_optimizers()["optimizer"].param_groups
     by_name = {id(p): n for n, p in model.named_parameters()}
     for g in groups:
         names = [by_name[id(p)] for p in g["params"]]
         backbone = names[0].startswith("model.backbone.")
         assert all(n.startswith("model.backbone.") == backbone for n in names)
-        assert g["lr"] == pytest.approx(1e-4 if backbone else 1e-3)
+        assert g["initial_lr"] == pytest.approx(1e-4 if backbone else 1e-3)
         if g["weight_decay"] > 0:  # only weights of linear/conv layers decay
             assert all(model.get_parameter(n).ndim > 1 for n in names)
             assert not any("query_feat" in n or "level_embed" in n or "norm" in n for n in names)
     assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
+    decayed = {by_name[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    # the model's own norm / embedding names get no decay (Mask2Former's rule)
+    assert not decayed & {f"model.{n}" for n in model.model.no_weight_decay_parameter_names()}
+    assert "model.transformer_decoder.class_embed.weight" in decayed
     # linear warm-up from 1e-3 x lr, then poly 0.9 decay to 0
     assert model.lr_factor(0, 100) == pytest.approx(1e-3)
     assert model.lr_factor(5, 100) == pytest.approx((1e-3 * 0.5 + 0.5) * (1 - 0.05) ** 0.9)

@@ -1,4 +1,4 @@
-"""SemanticSegmentationModule: dataset class weights, auxiliary head, non-finite loss guard."""
+"""SemanticSegmentationModule: dataset class weights, auxiliary head, the base's non-finite loss guard."""
 
 from __future__ import annotations
 
@@ -45,12 +45,37 @@ def test_median_frequency_weights_from_training_set(tmp_path):
     expected = np.where(seen, np.median(freq[seen]) / np.where(seen, freq, 1), 0)
     assert torch.allclose(got.cpu(), torch.tensor(expected, dtype=torch.float32), rtol=1e-5)
     assert (tmp_path / "class_pixel_counts.json").is_file()
-    # the auxiliary head was trained too
-    assert cli.model.hparams.aux_weight == 0.4
 
 
-def test_non_finite_loss_names_the_step(tmp_path):
-    cli = _cli(tmp_path)
-    model = cli.model
-    with pytest.raises(FloatingPointError, match=r"non-finite training loss nan at global step 0.*loss_main=nan"):
-        model.check_finite(torch.tensor(float("nan")), {"loss_main": torch.tensor(float("nan"))})
+def test_auxiliary_head_is_weighted_and_trained(tmp_path):
+    cli = _cli(tmp_path, "--model.aux_weight=0.4")
+    model, dm = cli.model, cli.datamodule
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    model.eval()  # no dropout: the two forward passes below agree
+    terms = model.compute_losses(batch)
+    out = model.model(batch["images"])
+    target = torch.stack([t["semantic"] for t in batch["targets"]])
+    ce = torch.nn.functional.cross_entropy
+    torch.testing.assert_close(terms["loss_main"], ce(out["out"], target, ignore_index=255))
+    torch.testing.assert_close(terms["loss_aux"], 0.4 * ce(out["aux"], target, ignore_index=255))
+    before = {n: p.detach().clone() for n, p in model.model.aux_head.named_parameters()}
+    cli.trainer.fit(model, dm)
+    changed = [n for n, p in model.model.aux_head.named_parameters() if not torch.equal(p, before[n])]
+    assert changed == list(before)  # every auxiliary-head parameter moved
+
+
+def test_non_finite_loss_names_the_step_and_the_term(tmp_path, monkeypatch):
+    cli = _cli(tmp_path, "--model.aux_weight=0.4")
+    model, dm = cli.model, cli.datamodule
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    real = model.compute_losses
+
+    def nan_aux(b):
+        terms = real(b)
+        return {**terms, "loss_aux": terms["loss_aux"] * float("nan")}
+
+    monkeypatch.setattr(model, "compute_losses", nan_aux)
+    with pytest.raises(FloatingPointError, match=r"global step 0.*non-finite terms: \{'loss_aux': nan\}"):
+        model.training_step(batch, 0)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_seg.models.mask_classification.layers import ConvNormAct, c2_xavier_fill
+from lightning_seg.models.layers import c2_xavier_fill
+from lightning_seg.models.necks import FPN
 
 
 class FPNPixelDecoder(nn.Module):
     """Top-down FPN over backbone features (MaskFormer's ``BasePixelDecoder``).
 
-    The coarsest map goes through a 3×3 conv; every finer map is a 1×1 lateral projection plus
-    the nearest-upsampled coarser output, followed by a 3×3 conv (all GroupNorm + ReLU). The
+    An :class:`~lightning_seg.models.necks.FPN` with ``top_down="outputs"``: the coarsest map
+    goes through a 3×3 conv; every finer map is a 1×1 lateral projection plus the
+    nearest-upsampled coarser output, followed by a 3×3 conv (all GroupNorm + ReLU). The
     finest output gives the per-pixel embedding; the coarsest ``num_feature_levels`` outputs are
     the multi-scale features a transformer decoder attends to.
 
@@ -41,15 +42,8 @@ class FPNPixelDecoder(nn.Module):
         self.num_feature_levels = num_feature_levels
         self.conv_dim = conv_dim
         self.mask_dim = mask_dim
-        # Index 0 is the coarsest level; the coarsest has no lateral (its output conv reads it directly).
-        coarse_first = list(in_channels)[::-1]
-        self.lateral_convs = nn.ModuleList(
-            [nn.Identity()] + [ConvNormAct(c, conv_dim, 1) for c in coarse_first[1:]]
-        )
-        self.output_convs = nn.ModuleList(
-            [ConvNormAct(coarse_first[0], conv_dim, 3, activation=True)]
-            + [ConvNormAct(conv_dim, conv_dim, 3, activation=True) for _ in coarse_first[1:]]
-        )
+        self.fpn = FPN(in_channels, conv_dim, norm="GN", top_down="outputs", coarsest_lateral=False,
+                       output_activation=True, init="c2_xavier")
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, 3, padding=1)
         c2_xavier_fill(self.mask_features)
 
@@ -64,17 +58,5 @@ class FPNPixelDecoder(nn.Module):
             ``multi_scale_features``: ``num_feature_levels`` float ``[B, conv_dim, h, w]`` maps,
             coarsest first.
         """
-        if len(features) != len(self.output_convs):
-            raise ValueError(f"FPNPixelDecoder expects {len(self.output_convs)} features, got {len(features)}")
-        multi_scale: list[Tensor] = []
-        y: Tensor | None = None
-        for i, x in enumerate(reversed(list(features))):
-            if y is None:
-                y = self.output_convs[i](x)
-            else:
-                lateral = self.lateral_convs[i](x)
-                y = self.output_convs[i](lateral + F.interpolate(y, size=lateral.shape[-2:], mode="nearest"))
-            if len(multi_scale) < self.num_feature_levels:
-                multi_scale.append(y)
-        assert y is not None
-        return self.mask_features(y), multi_scale
+        levels = self.fpn(features)
+        return self.mask_features(levels[0]), levels[::-1][: self.num_feature_levels]

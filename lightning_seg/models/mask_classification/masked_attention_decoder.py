@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_seg.models.mask_classification.layers import MLP, FeedForward, MultiheadAttention, c2_xavier_fill
+from lightning_seg.models.layers import c2_xavier_fill
+from lightning_seg.models.transformer_layers import MLP, FeedForward, MultiheadAttention
 from lightning_seg.models.mask_classification.position_encoding import SinePositionEncoding
 
 

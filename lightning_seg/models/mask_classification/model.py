@@ -65,47 +65,6 @@ class MaskClassificationModel(nn.Module):
                 names.add(name)
         return names
 
-    def parameter_groups(
-        self,
-        lr: float,
-        weight_decay: float,
-        backbone_lr_multiplier: float = 0.1,
-        weight_decay_norm: float = 0.0,
-        weight_decay_embed: float = 0.0,
-    ) -> list[dict[str, Any]]:
-        """Optimizer parameter groups with Mask2Former's rules (trainable parameters only).
-
-        The backbone learns at ``lr * backbone_lr_multiplier``; norm parameters use
-        ``weight_decay_norm`` and embeddings ``weight_decay_embed``; everything else
-        ``weight_decay``. Empty groups are dropped.
-
-        Returns:
-            list of dicts with ``params``, ``lr``, ``weight_decay`` and a ``name`` for logging.
-        """
-        no_decay = self.no_weight_decay_parameter_names()
-        norm_names = set()
-        for module_name, module in self.named_modules():
-            if isinstance(module, _NORM_TYPES):
-                prefix = f"{module_name}." if module_name else ""
-                norm_names.update(prefix + n for n, _ in module.named_parameters(recurse=False))
-        groups: dict[tuple[str, str], list[Tensor]] = {}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            part = "backbone" if name.startswith("backbone.") else "head"
-            kind = "norm" if name in norm_names else "embed" if name in no_decay else "weight"
-            groups.setdefault((part, kind), []).append(p)
-        decay = {"norm": weight_decay_norm, "embed": weight_decay_embed, "weight": weight_decay}
-        return [
-            {
-                "name": f"{part}_{kind}",
-                "params": params,
-                "lr": lr * (backbone_lr_multiplier if part == "backbone" else 1.0),
-                "weight_decay": decay[kind],
-            }
-            for (part, kind), params in groups.items()
-        ]
-
 
 def _build_backbone(
     backbone: str,

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_seg.models.mask_classification.deformable_attention import MultiScaleDeformableAttention
-from lightning_seg.models.mask_classification.layers import ConvNormAct, FeedForward, c2_xavier_fill, group_norm
+from lightning_seg.models.layers import ConvNormAct, c2_xavier_fill, make_norm
+from lightning_seg.models.transformer_layers import FeedForward
 from lightning_seg.models.mask_classification.position_encoding import SinePositionEncoding
 
 
@@ -127,7 +128,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             conv = nn.Conv2d(c, conv_dim, 1)
             nn.init.xavier_uniform_(conv.weight)
             nn.init.zeros_(conv.bias)
-            self.input_proj.append(nn.Sequential(conv, group_norm(conv_dim)))
+            self.input_proj.append(nn.Sequential(conv, make_norm("GN", conv_dim)))
         self.position_encoding = SinePositionEncoding(conv_dim // 2, normalize=True)
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, conv_dim))
         self.encoder_layers = nn.ModuleList(
@@ -135,8 +136,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
             for _ in range(enc_layers)
         )
         fpn_channels = list(in_channels)[self.fpn_start : first_enc][::-1]  # coarsest first
-        self.lateral_convs = nn.ModuleList(ConvNormAct(c, conv_dim, 1) for c in fpn_channels)
-        self.output_convs = nn.ModuleList(ConvNormAct(conv_dim, conv_dim, 3, activation=True) for _ in fpn_channels)
+        self.lateral_convs = nn.ModuleList(ConvNormAct(c, conv_dim, 1, norm="GN", activation=False, init="c2_xavier")
+                                          for c in fpn_channels)
+        self.output_convs = nn.ModuleList(ConvNormAct(conv_dim, conv_dim, 3, norm="GN", init="c2_xavier")
+                                         for _ in fpn_channels)
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, 1)
         self._reset_encoder_parameters()
         c2_xavier_fill(self.mask_features)

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_seg.models.semantic.base import PixelSegmentationModel
-from lightning_seg.models.semantic.blocks import ConvNormAct, Norm
+from lightning_seg.models.per_pixel.base import PixelSegmentationModel
+from lightning_seg.models.layers import ConvNormAct, Norm
 
 
 class PlainUNetEncoder(nn.Module):
@@ -94,10 +94,16 @@ class UNet(PixelSegmentationModel):
 
     One decoder block per encoder level from the deepest up (upsample, concatenate the skip,
     two 3x3 convs), then blocks without skip until stride 1 when the encoder's finest feature is
-    coarser (timm ResNets start at stride 2, ConvNeXt at 4), then a 1x1 classifier.
+    coarser (timm ResNets start at stride 2, ConvNeXt at 4), then a ``classifier_kernel_size``
+    conv classifier (1x1 by default).
+
+    With ``backbone_source="torchvision"``, ``upsampling="nearest"`` and
+    ``classifier_kernel_size=3`` (and the default ``decoder_channels``) the network is
+    segmentation_models_pytorch's ``Unet`` on the same ResNet, module for module: smp's weights
+    give the same logits (ours takes ``[0, 1]`` images, smp ImageNet-normalised ones).
 
     Input images float ``[B, 3, H, W]`` in ``[0, 1]``; output logits ``[B, K, H, W]``, or
-    ``{"out", "aux"}`` with ``aux_head=True`` (see :mod:`lightning_seg.models.semantic.base`).
+    ``{"out", "aux"}`` with ``aux_head=True`` (see :mod:`lightning_seg.models.per_pixel.base`).
 
     Args:
         num_classes: number of classes ``K``.
@@ -110,8 +116,10 @@ class UNet(PixelSegmentationModel):
             halving the channels, as in the paper).
         plain_widths: level widths of the plain encoder.
         norm: normalisation in the decoder (and plain encoder).
+        classifier_kernel_size: odd kernel size of the classifier conv (same padding, with
+            bias); 3 reproduces smp's ``SegmentationHead``.
         pretrained, out_indices, frozen_stages, freeze_bn, aux_head, backbone_kwargs: see
-            :class:`~lightning_seg.models.semantic.base.PixelSegmentationModel`.
+            :class:`~lightning_seg.models.per_pixel.base.PixelSegmentationModel`.
     """
 
     def __init__(
@@ -129,9 +137,12 @@ class UNet(PixelSegmentationModel):
         frozen_stages: int = -1,
         freeze_bn: bool = False,
         backbone_kwargs: dict[str, Any] | None = None,
+        classifier_kernel_size: int = 1,
     ) -> None:
         if upsampling not in ("bilinear", "nearest", "transposed"):
             raise ValueError(f"upsampling must be 'bilinear', 'nearest' or 'transposed', got {upsampling!r}")
+        if classifier_kernel_size < 1 or classifier_kernel_size % 2 == 0:
+            raise ValueError(f"classifier_kernel_size must be a positive odd number, got {classifier_kernel_size}")
         self._plain = (tuple(plain_widths), norm)
         super().__init__(num_classes, backbone, backbone_source, pretrained, 32, out_indices, frozen_stages,
                          freeze_bn, aux_head, 0.1, backbone_kwargs, min_stride=1)
@@ -155,7 +166,8 @@ class UNet(PixelSegmentationModel):
             UNetDecoderBlock(c_in, c_skip, c_out, upsampling, norm)
             for c_in, c_skip, c_out in zip(ins, skips, decoder_channels)
         )
-        self.classifier = nn.Conv2d(decoder_channels[-1], num_classes, 1)
+        self.classifier = nn.Conv2d(decoder_channels[-1], num_classes, classifier_kernel_size,
+                                    padding=classifier_kernel_size // 2)
 
     def build_backbone(self, name, source, pretrained, output_stride, out_indices, frozen_stages, freeze_bn,
                        min_stride, backbone_kwargs) -> nn.Module:

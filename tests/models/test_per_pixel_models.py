@@ -1,18 +1,15 @@
-"""Contract and parity tests of the per-pixel models (FCN, U-Net, DeepLabV3(+), Semantic FPN)."""
+"""Parity and unit tests of the per-pixel models (FCN, U-Net, DeepLabV3(+), Semantic FPN); their output
+contract is in ``test_model_contract.py``."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from torchvision.ops import FeaturePyramidNetwork
 
 from lightning_seg.models import (
     FCN,
-    MODEL_REGISTRY,
     DeepLabV3,
     DeepLabV3Plus,
     SemanticFPN,
@@ -22,101 +19,11 @@ from lightning_seg.models import (
     list_models,
     load_torchvision_weights,
 )
-from lightning_seg.models.semantic.semantic_fpn import FPN
-from lightning_seg.models.semantic.unet import PlainUNetEncoder
+from lightning_seg.models.per_pixel.unet import PlainUNetEncoder
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 K = 3
-SWIN = dict(img_size=64, strict_img_size=False, depths=(1, 1, 1, 1), embed_dim=32, num_heads=(1, 2, 4, 8))
-
-# Small heads keep every case to a fraction of a second on a shared CPU.
-ARCHS = {
-    "fcn": dict(),
-    "fcn8s": dict(skip_stages=2, output_stride=32),
-    "unet": dict(decoder_channels=None),
-    "deeplabv3": dict(aspp_channels=16),
-    "deeplabv3plus": dict(aspp_channels=16, low_level_channels=8),
-    "semantic_fpn": dict(fpn_channels=16, head_channels=8),
-}
-BACKBONES = {
-    "resnet10t": dict(backbone="resnet10t"),
-    "convnext_atto": dict(backbone="convnext_atto"),
-    "tv_resnet18": dict(backbone="resnet18", backbone_source="torchvision"),
-    "swin": dict(backbone="swin_tiny_patch4_window7_224", backbone_kwargs=SWIN),
-}
-
-
-def build(arch: str, backbone: str, **extra) -> torch.nn.Module:
-    kwargs = dict(ARCHS[arch])
-    kwargs.update(BACKBONES[backbone])
-    name = "fcn" if arch == "fcn8s" else arch
-    if name in ("fcn", "deeplabv3", "deeplabv3plus") and backbone in ("tv_resnet18", "swin") and "output_stride" not in kwargs:
-        kwargs["output_stride"] = 32  # torchvision BasicBlock / Swin cannot be dilated
-    if name == "unet":
-        kwargs["decoder_channels"] = [16, 16, 8, 8, 8]
-    kwargs.update(extra)
-    return create_model(name, num_classes=K, **kwargs)
-
-
-CASES = [(a, "resnet10t") for a in ARCHS]
-CASES += [("unet", "convnext_atto"), ("deeplabv3plus", "convnext_atto"), ("semantic_fpn", "convnext_atto"),
-          ("fcn", "tv_resnet18"), ("unet", "tv_resnet18"), ("semantic_fpn", "swin")]
-
-
-@pytest.mark.parametrize("arch,backbone", CASES)
-def test_forward_backward_at_odd_sizes(arch, backbone):
-    torch.manual_seed(0)
-    model = build(arch, backbone, aux_head=True)
-    model.train()
-    for h, w in [(37, 45)]:
-        out = model(torch.rand(2, 3, h, w))
-        assert set(out) == {"out", "aux"}
-        for logits in out.values():
-            assert logits.dtype == torch.float32 and tuple(logits.shape) == (2, K, h, w)
-            assert torch.isfinite(logits).all()
-    (out["out"].logsumexp(1).mean() + 0.4 * out["aux"].logsumexp(1).mean()).backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    model.eval()
-    x = torch.rand(2, 3, 33, 41)
-    with torch.no_grad():
-        both, first = model(x), model(x[:1])
-    assert tuple(both["out"].shape) == (2, K, 33, 41)
-    # Eval mode: no cross-image leakage (BatchNorm uses running statistics).
-    torch.testing.assert_close(both["out"][:1], first["out"], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(both["aux"][:1], first["aux"], rtol=1e-4, atol=1e-5)
-
-
-def test_without_aux_head_returns_a_tensor():
-    model = build("semantic_fpn", "resnet10t").eval()
-    with torch.no_grad():
-        out = model(torch.rand(1, 3, 40, 56))
-    assert isinstance(out, torch.Tensor) and tuple(out.shape) == (1, K, 40, 56)
-
-
-@pytest.mark.parametrize("cls", [FCN, UNet, DeepLabV3, DeepLabV3Plus, SemanticFPN])
-def test_constructors_are_configurable_by_class_path(cls):
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser()
-    parser.add_argument("--model", type=torch.nn.Module)
-    init_args = {"num_classes": K, "backbone": "resnet10t", "pretrained": False,
-                 "backbone_kwargs": {"drop_path_rate": 0.0}, "frozen_stages": -1}
-    cfg = parser.parse_object({"model": {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": init_args}})
-    assert cfg.model.init_args.num_classes == K
-    if cls is SemanticFPN:
-        model = parser.instantiate(cfg).model
-        assert isinstance(model, SemanticFPN) and model.num_classes == K
-
-
-def test_registry_and_create_model():
-    assert list_models() == sorted(MODEL_REGISTRY) and {"fcn", "unet", "deeplabv3", "deeplabv3plus", "semantic_fpn"} <= set(list_models())
-    assert isinstance(create_model("DeepLabV3Plus".lower(), num_classes=2, backbone="resnet10t", aspp_channels=8,
-                                   low_level_channels=4), DeepLabV3Plus)
-    with pytest.raises(ValueError, match="pspnet"):
-        create_model("pspnet", num_classes=2)
-
 
 @pytest.mark.parametrize("tv_name,ours_cls", [("fcn_resnet50", FCN), ("deeplabv3_resnet50", DeepLabV3)])
 def test_torchvision_weights_give_identical_outputs(tv_name, ours_cls, tmp_path):
@@ -175,23 +82,6 @@ def test_fcn_skip_fusion_matches_direct_formula():
         FCN(K, backbone="resnet10t", skip_stages=4)
 
 
-def test_fpn_matches_torchvision_feature_pyramid():
-    torch.manual_seed(0)
-    chans = [8, 16, 32, 64]
-    ours = FPN(chans, 12)
-    ref = FeaturePyramidNetwork(chans, 12)
-    with torch.no_grad():
-        for i in range(4):
-            ref.inner_blocks[i][0].weight.copy_(ours.lateral[i][0].weight)
-            ref.inner_blocks[i][0].bias.copy_(ours.lateral[i][0].bias)
-            ref.layer_blocks[i][0].weight.copy_(ours.output[i][0].weight)
-            ref.layer_blocks[i][0].bias.copy_(ours.output[i][0].bias)
-    feats = [torch.rand(2, c, math.ceil(37 / s), math.ceil(45 / s)) for c, s in zip(chans, (4, 8, 16, 32))]
-    theirs = list(ref({str(i): f for i, f in enumerate(feats)}).values())
-    for a, b in zip(ours(feats), theirs):
-        torch.testing.assert_close(a, b)
-
-
 def test_semantic_fpn_branch_depths_follow_paper():
     model = SemanticFPN(K, backbone="resnet10t", fpn_channels=16, head_channels=8)
     assert [len(h) for h in model.scale_heads] == [1, 1, 2, 3]
@@ -247,21 +137,22 @@ def test_frozen_backbone_passes_through_model():
     assert all(p.requires_grad for p in model.aspp.parameters())
 
 
-def test_torch_compile_graph_capture():
-    torch.manual_seed(0)
-    model = build("deeplabv3plus", "resnet10t").eval()
-    compiled = torch.compile(model, backend="aot_eager", dynamic=False)
-    x = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+def test_create_model_checks_the_family_and_lists_the_valid_names():
+    assert {"fcn", "unet", "deeplabv3", "deeplabv3plus", "semantic_fpn"} == set(list_models("per_pixel"))
+    assert {"maskformer", "mask2former"} == set(list_models("mask_classification"))
+    model = create_model("DeepLabV3Plus", "per_pixel", num_classes=2, backbone="resnet10t", aspp_channels=8,
+                         low_level_channels=4)
+    assert isinstance(model, DeepLabV3Plus)
+    with pytest.raises(ValueError, match=r"unknown model 'pspnet'; available: \['deeplabv3'"):
+        create_model("pspnet", "per_pixel", num_classes=2)
+    with pytest.raises(ValueError, match=r"'mask2former' is a mask_classification model; this task takes per_pixel"):
+        create_model("mask2former", "per_pixel", num_classes=2)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", ["fcn", "unet", "semantic_fpn"])
-def test_torch_compile_inductor(arch):
-    torch.manual_seed(0)
-    model = build(arch, "resnet10t").eval()
-    compiled = torch.compile(model)
-    x = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-3, atol=1e-4)
+@pytest.mark.parametrize("task,name,family", [("SemanticSegmentationModule", "mask2former", "per_pixel"),
+                                              ("MaskClassificationModule", "unet", "mask_classification")])
+def test_a_task_rejects_a_model_of_another_family(task, name, family):
+    import lightning_seg.tasks as tasks
+
+    with pytest.raises(ValueError, match=rf"model\.model: '{name}' is a .* model; this task takes {family} models"):
+        getattr(tasks, task)(num_classes=3, model=name, backbone="resnet10t")

@@ -9,40 +9,9 @@ from typing import Any, Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_seg.models.semantic.base import PixelSegmentationModel
-from lightning_seg.models.semantic.blocks import ConvNormAct, Norm, make_norm
-
-
-class FPN(nn.Module):
-    """Feature pyramid: 1x1 laterals, nearest top-down pathway, 3x3 output convs.
-
-    Takes features ``[B, C_i, h_i, w_i]`` (finest first) and returns as many maps
-    ``[B, out_channels, h_i, w_i]``.
-
-    Args:
-        in_channels: channels of each input feature, finest first.
-        out_channels: channels of every pyramid level.
-        norm: normalisation after the lateral and output convs (``"none"`` as in the paper).
-    """
-
-    def __init__(self, in_channels: Sequence[int], out_channels: int = 256, norm: Norm = "none") -> None:
-        super().__init__()
-        bias = norm == "none"
-        self.lateral = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, out_channels, 1, bias=bias), make_norm(norm, out_channels)) for c in in_channels
-        )
-        self.output = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias), make_norm(norm, out_channels))
-            for _ in in_channels
-        )
-
-    def forward(self, features: list[Tensor]) -> list[Tensor]:
-        """Features finest first -> pyramid levels finest first, all ``out_channels`` wide."""
-        laterals = [conv(f) for conv, f in zip(self.lateral, features)]
-        for i in range(len(laterals) - 1, 0, -1):
-            coarser = F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
-            laterals[i - 1] = laterals[i - 1] + coarser
-        return [conv(x) for conv, x in zip(self.output, laterals)]
+from lightning_seg.models.per_pixel.base import PixelSegmentationModel
+from lightning_seg.models.layers import ConvNormAct, Norm
+from lightning_seg.models.necks import FPN
 
 
 class SemanticFPN(PixelSegmentationModel):
@@ -53,7 +22,7 @@ class SemanticFPN(PixelSegmentationModel):
     at stride 4 and classified by a 1x1 conv.
 
     Input images float ``[B, 3, H, W]`` in ``[0, 1]``; output logits ``[B, K, H, W]``, or
-    ``{"out", "aux"}`` with ``aux_head=True`` (see :mod:`lightning_seg.models.semantic.base`).
+    ``{"out", "aux"}`` with ``aux_head=True`` (see :mod:`lightning_seg.models.per_pixel.base`).
 
     Args:
         num_classes: number of classes ``K``.
@@ -64,7 +33,7 @@ class SemanticFPN(PixelSegmentationModel):
         dropout: dropout before the classifier.
         backbone, backbone_source, pretrained, output_stride, out_indices, frozen_stages,
         freeze_bn, aux_head, backbone_kwargs: see
-            :class:`~lightning_seg.models.semantic.base.PixelSegmentationModel`.
+            :class:`~lightning_seg.models.per_pixel.base.PixelSegmentationModel`.
     """
 
     def __init__(

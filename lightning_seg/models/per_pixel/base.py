@@ -15,7 +15,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from lightning_seg.models.backbone import Backbone
-from lightning_seg.models.semantic.blocks import FCNHead, resize_to
+from lightning_seg.models.per_pixel.blocks import FCNHead, resize_to
 
 
 class PixelSegmentationModel(nn.Module):

@@ -1,4 +1,4 @@
-"""Write ``predict`` outputs in the formats ``lightning-seg evaluate`` reads, plus colour overlays.
+"""Prediction files in the formats ``lightning-seg evaluate`` reads, plus colour overlays.
 
 * panoptic: ``panoptic.json`` + ``panoptic/<image_id>.png`` (a COCO panoptic submission);
 * instance: ``instances_results.json`` (COCO results: RLE ``segmentation``, ``bbox``, ``score``);
@@ -7,7 +7,9 @@
 * ``overlays/<image_id>.png`` for looking at the predictions.
 
 PNGs are written as the batches come; the JSON entries are kept per process and written at the
-end of the epoch. Under DDP each rank writes a part file and rank 0 merges them.
+end (:meth:`PredictionFiles.finish`). Under DDP each rank writes a part file and rank 0 merges
+them (:meth:`PredictionFiles.merge_parts`). :class:`lightning_seg.callbacks.PredictionWriter`
+drives this from ``lightning-seg predict``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from lightning_seg.visualization import prediction_overlay
 JSON_NAMES = {"panoptic": "panoptic.json", "instance": "instances_results.json"}
 
 
-class PredictionWriter:
-    """Accumulates and writes one prediction epoch.
+class PredictionFiles:
+    """Accumulates and writes the predictions of one pass over a dataset.
 
     Args:
         out_dir: output folder.

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from lightning_seg.models.semantic.base import PixelSegmentationModel
-from lightning_seg.models.semantic.blocks import FCNHead, resize_to
+from lightning_seg.models.per_pixel.base import PixelSegmentationModel
+from lightning_seg.models.per_pixel.blocks import FCNHead, resize_to
 
 
 class FCN(PixelSegmentationModel):
@@ -16,20 +16,20 @@ class FCN(PixelSegmentationModel):
 
     With the defaults (torchvision ResNet-50 source, ``output_stride=8``, ``aux_head=True``)
     the layout is torchvision's ``fcn_resnet50`` and its weights load through
-    :func:`~lightning_seg.models.semantic.torchvision_weights.load_torchvision_weights`.
+    :func:`~lightning_seg.models.per_pixel.torchvision_weights.load_torchvision_weights`.
 
     ``skip_stages`` adds FCN-16s / FCN-8s style skip fusion: a 1x1 class-score conv on stage 3
     (and stage 2), added to the upsampled coarser scores. The skip convs start at zero, so
     training starts from the single-stage prediction, as in the paper.
 
     Input images float ``[B, 3, H, W]`` in ``[0, 1]``; output logits ``[B, K, H, W]``, or
-    ``{"out", "aux"}`` with ``aux_head=True`` (see :mod:`lightning_seg.models.semantic.base`).
+    ``{"out", "aux"}`` with ``aux_head=True`` (see :mod:`lightning_seg.models.per_pixel.base`).
 
     Args:
         num_classes: number of classes ``K``.
         backbone, backbone_source, pretrained, output_stride, out_indices, frozen_stages,
         freeze_bn, aux_head, backbone_kwargs: see
-            :class:`~lightning_seg.models.semantic.base.PixelSegmentationModel`.
+            :class:`~lightning_seg.models.per_pixel.base.PixelSegmentationModel`.
         skip_stages: 0 = FCN-32s (or dilated FCN), 1 = FCN-16s, 2 = FCN-8s.
         dropout: dropout inside the head.
     """

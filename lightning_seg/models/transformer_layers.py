@@ -1,40 +1,9 @@
-"""Small building blocks shared by the pixel and transformer decoders."""
+"""Transformer building blocks shared by the query-based decoders (MaskFormer, Mask2Former)."""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-
-def group_norm(num_channels: int, max_groups: int = 32) -> nn.GroupNorm:
-    """``GroupNorm`` with 32 groups, or the largest divisor of ``num_channels`` below that.
-
-    The papers use 32 groups at width 256; narrow test models still need a valid group count.
-    """
-    groups = max(g for g in range(1, max_groups + 1) if num_channels % g == 0)
-    return nn.GroupNorm(groups, num_channels)
-
-
-def c2_xavier_fill(module: nn.Module) -> None:
-    """Caffe2's "XavierFill" (uniform kaiming with ``a=1``) and zero bias, as detectron2 uses."""
-    nn.init.kaiming_uniform_(module.weight, a=1)
-    if getattr(module, "bias", None) is not None:
-        nn.init.zeros_(module.bias)
-
-
-class ConvNormAct(nn.Sequential):
-    """``Conv2d`` (no bias) → ``GroupNorm`` → optional ReLU, initialised like detectron2.
-
-    Maps ``[B, in_channels, H, W]`` to ``[B, out_channels, H, W]`` (same padding).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, activation: bool = False) -> None:
-        conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
-        c2_xavier_fill(conv)
-        layers: list[nn.Module] = [conv, group_norm(out_channels)]
-        if activation:
-            layers.append(nn.ReLU(inplace=True))
-        super().__init__(*layers)
 
 
 class MLP(nn.Module):

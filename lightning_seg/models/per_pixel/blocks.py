@@ -1,4 +1,4 @@
-"""Convolution blocks shared by the per-pixel decoders (FCN head, ASPP, conv-norm-act stacks).
+"""Heads shared by the per-pixel decoders (FCN head, ASPP) and their resize helper.
 
 The module layouts of :class:`FCNHead` and :class:`ASPP` mirror torchvision's segmentation
 heads parameter for parameter, so torchvision state dicts map onto them by renaming prefixes.
@@ -7,62 +7,23 @@ heads parameter for parameter, so torchvision state dicts map onto them by renam
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Norm = Literal["BN", "GN", "none"]
+from lightning_seg.models.layers import ConvNormAct, Norm, make_norm
 
 
-def make_norm(norm: Norm, channels: int, num_groups: int = 32) -> nn.Module:
-    """A normalisation layer for ``channels`` channels: BatchNorm, GroupNorm or identity."""
-    if norm == "BN":
-        return nn.BatchNorm2d(channels)
-    if norm == "GN":
-        groups = min(num_groups, channels)
-        while channels % groups:
-            groups -= 1
-        return nn.GroupNorm(groups, channels)
-    if norm == "none":
-        return nn.Identity()
-    raise ValueError(f"norm must be 'BN', 'GN' or 'none', got {norm!r}")
+def resize_to(x: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
+    """Bilinearly resize float ``[B, C, h, w]`` to ``[B, C, *size]`` (no-op when already there).
 
-
-class ConvNormAct(nn.Sequential):
-    """``conv -> norm -> ReLU`` on ``[B, in_channels, H, W]`` float, keeping the spatial size.
-
-    Args:
-        in_channels: input channels.
-        out_channels: output channels.
-        kernel_size: odd kernel size; padding keeps ``H, W`` (times ``dilation``).
-        dilation: atrous rate.
-        norm: ``"BN"``, ``"GN"`` or ``"none"`` (then the conv gets a bias).
-        separable: depthwise ``kernel_size`` conv followed by a pointwise 1x1 conv (Xception /
-            DeepLabV3+ style), ~``kernel_size**2`` times fewer multiply-adds.
+    ``align_corners=True`` maps corner pixel centres onto each other (smp's and older
+    DeepLab code's upsampling) instead of the pixel-area convention.
     """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1,
-                 norm: Norm = "BN", separable: bool = False) -> None:
-        padding = dilation * (kernel_size - 1) // 2
-        bias = norm == "none"
-        if separable and kernel_size > 1:
-            conv: nn.Module = nn.Sequential(
-                nn.Conv2d(in_channels, in_channels, kernel_size, padding=padding, dilation=dilation,
-                          groups=in_channels, bias=False),
-                nn.Conv2d(in_channels, out_channels, 1, bias=bias),
-            )
-        else:
-            conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=bias)
-        super().__init__(conv, make_norm(norm, out_channels), nn.ReLU(inplace=True))
-
-
-def resize_to(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinearly resize float ``[B, C, h, w]`` to ``[B, C, *size]`` (no-op when already there)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
 class FCNHead(nn.Sequential):

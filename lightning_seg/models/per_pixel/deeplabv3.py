@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from lightning_seg.models.semantic.base import PixelSegmentationModel
-from lightning_seg.models.semantic.blocks import ASPP, Norm, make_norm
+from lightning_seg.models.per_pixel.base import PixelSegmentationModel
+from lightning_seg.models.layers import Norm, make_norm
+from lightning_seg.models.per_pixel.blocks import ASPP
 
 
 def default_atrous_rates(output_stride: int) -> tuple[int, int, int]:
@@ -26,10 +27,10 @@ class DeepLabV3(PixelSegmentationModel):
 
     With a torchvision ResNet-50 backbone, ``output_stride=8``, the default rates and
     ``aux_head=True`` the layout is torchvision's ``deeplabv3_resnet50`` and its weights load
-    through :func:`~lightning_seg.models.semantic.torchvision_weights.load_torchvision_weights`.
+    through :func:`~lightning_seg.models.per_pixel.torchvision_weights.load_torchvision_weights`.
 
     Input images float ``[B, 3, H, W]`` in ``[0, 1]``; output logits ``[B, K, H, W]``, or
-    ``{"out", "aux"}`` with ``aux_head=True`` (see :mod:`lightning_seg.models.semantic.base`).
+    ``{"out", "aux"}`` with ``aux_head=True`` (see :mod:`lightning_seg.models.per_pixel.base`).
 
     Args:
         num_classes: number of classes ``K``.
@@ -41,7 +42,7 @@ class DeepLabV3(PixelSegmentationModel):
         aspp_separable: depthwise-separable atrous convs.
         norm: normalisation in the head.
         backbone, backbone_source, pretrained, out_indices, frozen_stages, freeze_bn, aux_head,
-        backbone_kwargs: see :class:`~lightning_seg.models.semantic.base.PixelSegmentationModel`.
+        backbone_kwargs: see :class:`~lightning_seg.models.per_pixel.base.PixelSegmentationModel`.
     """
 
     def __init__(

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lightning_seg.models.semantic.deeplabv3 import DeepLabV3
-from lightning_seg.models.semantic.fcn import FCN
+from lightning_seg.models.per_pixel.deeplabv3 import DeepLabV3
+from lightning_seg.models.per_pixel.fcn import FCN
 
 # torchvision prefix -> ours. The heads have identical layouts, only the names differ.
 _PREFIXES = (("backbone.", "backbone.model."), ("classifier.", "head."), ("aux_classifier.", "aux_head."))

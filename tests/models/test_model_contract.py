@@ -1,0 +1,212 @@
+"""One contract test over every registered architecture (segmentation_models_pytorch's pattern).
+
+Each architecture joins with one line in ``CASES``: the task that trains it and tiny arguments.
+Every case is checked for its family's output contract at odd image sizes, predictions of
+every kind the task produces, a batch of one, images without targets, gradients reaching every
+trainable parameter, and identical eval outputs after a ``state_dict`` round trip;
+``torch.compile`` runs are ``slow``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from lightning_seg.models import list_models, model_entry
+from lightning_seg.structures import collate
+from lightning_seg.tasks import MaskClassificationModule, SemanticSegmentationModule
+
+K = 4
+THINGS = [0, 1]
+_M2F = dict(backbone="resnet10t", conv_dim=16, mask_dim=16, enc_layers=1, num_queries=6, hidden_dim=16, nheads=2,
+            dim_feedforward=32, num_decoder_layers=2, num_points=64, object_mask_threshold=0.0)
+_UNET = dict(decoder_channels=[16, 16, 8, 8, 8])
+
+# case id -> (task class, task arguments); the registered model name is the ``model`` argument.
+CASES: dict[str, tuple[type, dict[str, Any]]] = {
+    "fcn": (SemanticSegmentationModule, dict(model="fcn", backbone="resnet10t", aux_weight=0.4)),
+    "fcn8s": (SemanticSegmentationModule, dict(model="fcn", backbone="resnet10t", output_stride=32,
+                                               model_kwargs=dict(skip_stages=2))),
+    "unet": (SemanticSegmentationModule, dict(model="unet", backbone="resnet10t", model_kwargs=_UNET)),
+    "unet_plain": (SemanticSegmentationModule, dict(model="unet", backbone_source="plain", model_kwargs=dict(
+        plain_widths=[8, 16, 32], upsampling="transposed"))),
+    "deeplabv3": (SemanticSegmentationModule, dict(model="deeplabv3", backbone="resnet10t", aux_weight=0.4,
+                                                   model_kwargs=dict(aspp_channels=16))),
+    "deeplabv3plus": (SemanticSegmentationModule, dict(model="deeplabv3plus", backbone="resnet10t", model_kwargs=dict(
+        aspp_channels=16, low_level_channels=8, aspp_separable=True))),
+    "semantic_fpn": (SemanticSegmentationModule, dict(model="semantic_fpn", backbone="resnet10t", model_kwargs=dict(
+        fpn_channels=16, head_channels=8))),
+    "maskformer": (MaskClassificationModule, dict(model="maskformer", **_M2F)),
+    "mask2former": (MaskClassificationModule, dict(model="mask2former", **_M2F)),
+    "mask2former_fpn": (MaskClassificationModule, dict(model="mask2former", pixel_decoder="fpn", pre_norm=True, **_M2F)),
+    "mask2former_instance": (MaskClassificationModule, dict(model="mask2former", task="instance", **_M2F)),
+    "mask2former_swin": (MaskClassificationModule, dict(model="mask2former", **{**_M2F, "backbone": "swin_tiny_patch4_window7_224"},
+                                                        backbone_kwargs=dict(strict_img_size=False, embed_dim=16, depths=(1, 1, 1, 1),
+                                                                             num_heads=(1, 1, 2, 2)))),
+}
+# BatchNorm over the 1x1 image-pooling map of ASPP cannot train on one image (torch refuses it).
+NO_TRAIN_BATCH_OF_ONE = {"deeplabv3", "deeplabv3plus"}
+
+
+def test_every_registered_model_has_a_case():
+    assert {args["model"] for _, args in CASES.values()} == set(list_models())
+
+
+def build(case: str, seed: int = 0):
+    cls, args = CASES[case]
+    torch.manual_seed(seed)
+    return cls(num_classes=K, thing_classes=THINGS, num_overlays=0, **args)
+
+
+def sample(h: int, w: int, seed: int, segments: int = 3) -> dict[str, Any]:
+    """An image with ``segments`` rectangles (the last one stuff), in the sample contract."""
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(segments, h, w, dtype=torch.bool)
+    for i in range(segments):
+        y0, x0 = int(torch.randint(0, h // 2, (1,), generator=g)), int(torch.randint(0, w // 2, (1,), generator=g))
+        masks[i, y0 : y0 + h // 2, x0 : x0 + w // 2] = True
+    for i in range(segments - 1, 0, -1):  # segments do not overlap: later ones are cut out of earlier ones
+        masks[:i] &= ~masks[i]
+    labels = torch.tensor([i % (K - 1) for i in range(segments - 1)] + [K - 1])[:segments]
+    semantic = torch.full((h, w), 255, dtype=torch.int64)
+    boxes = torch.zeros(segments, 4)
+    for i, (m, c) in enumerate(zip(masks, labels)):
+        semantic[m] = c
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        if len(ys):
+            boxes[i] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+    return dict(image=torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), masks=masks, labels=labels,
+                iscrowd=torch.zeros(segments, dtype=torch.bool), is_thing=torch.tensor([int(c) in THINGS for c in labels], dtype=torch.bool),
+                semantic=semantic, boxes=boxes, image_id=seed, orig_size=(h, w))
+
+
+def batch(*sizes: tuple[int, int], segments: int = 3):
+    return collate([sample(h, w, seed=i, segments=segments) for i, (h, w) in enumerate(sizes)], size_divisibility=1)
+
+
+def check_outputs(family: str, out: Any, b: int, h: int, w: int, queries: int) -> None:
+    """The family's raw-output contract (see ``../shared/DESIGN.md``)."""
+    if family == "per_pixel":
+        maps = out.values() if isinstance(out, dict) else [out]
+        for logits in maps:
+            assert logits.dtype == torch.float32 and tuple(logits.shape) == (b, K, h, w)
+            assert torch.isfinite(logits).all()
+    else:
+        layers = [out, *out["aux_outputs"]]
+        assert len(out["aux_outputs"]) >= 1
+        for o in layers:
+            assert tuple(o["pred_logits"].shape) == (b, queries, K + 1)
+            assert tuple(o["pred_masks"].shape) == (b, queries, math.ceil(h / 4), math.ceil(w / 4))
+            assert torch.isfinite(o["pred_logits"]).all() and torch.isfinite(o["pred_masks"]).all()
+
+
+def check_predictions(task, preds: dict[str, list], targets: list, key: str) -> None:
+    """Every kind in the prediction contracts of ``lightning_seg.structures``, at the asked size."""
+    assert set(preds) == set(task.eval_kinds)
+    for kind, per_image in preds.items():
+        assert len(per_image) == len(targets)
+        for p, t in zip(per_image, targets):
+            size = tuple(t[key])
+            if kind == "semantic":
+                assert p.dtype == torch.int64 and tuple(p.shape) == size
+                assert ((p >= 0) & (p < K)).all()
+            elif kind == "instance":
+                m = p["masks"].shape[0]
+                assert p["masks"].dtype == torch.bool and tuple(p["masks"].shape) == (m, *size)
+                assert p["labels"].dtype == torch.int64 and p["labels"].shape == (m,)
+                assert p["scores"].dtype == torch.float32 and p["scores"].shape == (m,)
+                assert ((p["scores"] >= 0) & (p["scores"] <= 1)).all()
+                if task.predicts_boxes:
+                    assert p["boxes"].dtype == torch.float32 and p["boxes"].shape == (m, 4)
+            else:
+                seg = p["panoptic_seg"]
+                assert seg.dtype == torch.int32 and tuple(seg.shape) == size
+                ids = {s["id"] for s in p["segments_info"]}
+                assert set(torch.unique(seg).tolist()) - {0} <= ids
+                assert all(0 <= s["category_id"] < K for s in p["segments_info"])
+
+
+def queries_of(case: str) -> int:
+    return CASES[case][1].get("num_queries", 0)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_outputs_and_predictions_at_odd_sizes(case):
+    task = build(case).eval()
+    family = model_entry(CASES[case][1]["model"]).family
+    b = batch((37, 45), (30, 41))
+    h, w = b["images"].shape[-2:]
+    assert (h, w) == (37, 45)
+    with torch.no_grad():
+        check_outputs(family, task.model(b["images"]), 2, h, w, queries_of(case))
+        check_predictions(task, task.predict(b, at_original_size=False), b["targets"], "target_size")
+        check_predictions(task, task.predict(b, at_original_size=True), b["targets"], "orig_size")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_batch_of_one(case):
+    task = build(case)
+    one = batch((33, 47))
+    task.eval()
+    with torch.no_grad():
+        check_predictions(task, task.predict(one, at_original_size=True), one["targets"], "orig_size")
+    task.train()
+    if case in NO_TRAIN_BATCH_OF_ONE:
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            task.compute_losses(one)
+        return
+    terms = task.compute_losses(one)
+    assert terms and all(v.ndim == 0 and torch.isfinite(v) for v in terms.values())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_images_without_targets(case):
+    task = build(case).train()
+    b = collate([sample(32, 40, 0), sample(32, 40, 1, segments=0)], size_divisibility=1)
+    assert b["targets"][1]["labels"].numel() == 0
+    terms = task.compute_losses(b)
+    loss = sum(terms.values())
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in task.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_backward_reaches_every_trainable_parameter(case):
+    task = build(case).train()
+    terms = task.compute_losses(batch((40, 48), (40, 48), segments=4))
+    sum(terms.values()).backward()
+    missing = [n for n, p in task.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without gradient: {missing[:8]}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_state_dict_round_trip_gives_identical_eval_outputs(case):
+    a, b = build(case, seed=0).eval(), build(case, seed=1).eval()
+    x = batch((36, 44), (36, 44))
+    with torch.no_grad():
+        before = b.model(x["images"])
+        b.load_state_dict(a.state_dict())
+        got, want = b.model(x["images"]), a.model(x["images"])
+    flat = lambda o: [o] if isinstance(o, torch.Tensor) else [  # noqa: E731
+        t for v in (o.values() if isinstance(o, dict) else o) for t in flat(v)]
+    assert any(not torch.equal(u, v) for u, v in zip(flat(before), flat(want)))  # the seeds gave other weights
+    for u, v in zip(flat(got), flat(want)):
+        assert torch.equal(u, v)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["fcn", "unet", "deeplabv3plus", "semantic_fpn", "maskformer", "mask2former"])
+def test_torch_compile_matches_eager(case):
+    task = build(case).eval()
+    compiled = torch.compile(task.model)
+    x = batch((64, 64), (64, 64))["images"]
+    with torch.no_grad():
+        want, got = task.model(x), compiled(x)
+    flat = lambda o: [o] if isinstance(o, torch.Tensor) else [  # noqa: E731
+        t for v in (o.values() if isinstance(o, dict) else o) for t in flat(v)]
+    for u, v in zip(flat(got), flat(want)):
+        torch.testing.assert_close(u, v, rtol=1e-3, atol=1e-4)
