@@ -376,3 +376,33 @@ class Backbone(nn.Module):
         if d > 1 or self.pyramid is not None:
             feats = [f[..., : math.ceil(h / s), : math.ceil(w / s)] for f, s in zip(feats, self.strides)]
         return feats
+
+
+def build_backbone(
+    backbone: str = "resnet50",
+    backbone_source: Literal["timm", "torchvision"] = "timm",
+    pretrained: bool | str = False,
+    out_indices: Sequence[int] | None = None,
+    frozen_stages: int = -1,
+    freeze_bn: bool = False,
+    backbone_kwargs: dict | None = None,
+    output_stride: int = 32,
+    min_stride: int = 4,
+) -> Backbone:
+    """A :class:`Backbone` from the flat backbone arguments every model (and task) takes.
+
+    Args:
+        backbone: timm model name, or a torchvision ResNet name with ``backbone_source``.
+        backbone_source: ``"timm"`` or ``"torchvision"``.
+        pretrained: ``False``, ``True`` (hub weights) or a local weights file path.
+        out_indices: backbone features to use (default: see :class:`Backbone`).
+        frozen_stages: backbone stages to freeze (``-1`` = none).
+        freeze_bn: freeze the backbone's BatchNorm layers.
+        backbone_kwargs: extra ``timm.create_model`` arguments (``img_size``, ``drop_path_rate``,
+            ...).
+        output_stride: 8 / 16 dilate the last stages; 32 = plain.
+        min_stride: with the default ``out_indices``, features at stride ``>= min_stride``.
+    """
+    return Backbone(backbone, source=backbone_source, out_indices=out_indices, output_stride=output_stride,
+                    pretrained=pretrained, frozen_stages=frozen_stages, freeze_bn=freeze_bn,
+                    min_stride=min_stride, **(backbone_kwargs or {}))

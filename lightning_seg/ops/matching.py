@@ -9,7 +9,7 @@ over padded ``[B, T, ...]`` targets, in float32.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from .linear_assignment import solve_assignment
@@ -86,9 +86,7 @@ def mask_matching_costs(
     cost_class: float = 2.0,
     cost_mask: float = 5.0,
     cost_dice: float = 5.0,
-    target_samples: torch.Tensor | None = None,
-    chunk_elements: int | None = None,
-    row_ordered: bool = False,
+    **point_options: Any,
 ) -> torch.Tensor:
     """Mask2Former's matching cost for a padded batch, in float32.
 
@@ -99,8 +97,9 @@ def mask_matching_costs(
 
     Args:
         pred_logits: float ``[B, Q, K+1]`` class logits (last = no-object).
-        pred_masks, target_masks, points, cost_mask, cost_dice, target_samples, chunk_elements,
-        row_ordered: see :func:`point_mask_costs`.
+        pred_masks, target_masks, points, cost_mask, cost_dice: see :func:`point_mask_costs`.
+        **point_options: ``target_samples``, ``chunk_elements``, ``row_ordered`` of
+            :func:`point_mask_costs`.
         target_labels: int64 ``[B, T]`` (any value in ``[0, K]`` for padding).
         cost_class: weight of the class term.
 
@@ -121,9 +120,7 @@ def mask_matching_costs(
     cls = cost_class * class_cost(pred_logits, target_labels)
     if t == 0:
         return cls
-    return cls + point_mask_costs(
-        pred_masks, target_masks, points, cost_mask, cost_dice, target_samples, chunk_elements, row_ordered
-    )
+    return cls + point_mask_costs(pred_masks, target_masks, points, cost_mask, cost_dice, **point_options)
 
 
 def point_mask_costs(

@@ -1,10 +1,8 @@
 """``MaskClassificationModule``: MaskFormer / Mask2Former for semantic, instance and panoptic segmentation.
 
-Training: model → :class:`~lightning_seg.losses.SetCriterion` (Hungarian matching per decoder
-layer, deep supervision). Prediction: the batched inference ops of :mod:`lightning_seg.ops`
-turn ``pred_logits``/``pred_masks`` into the prediction contracts; a panoptic model also
-predicts (and by default scores) the instance and semantic kinds from the same outputs, as
-Mask2Former reports.
+Loss: :class:`~lightning_seg.losses.SetCriterion` with deep supervision. Predictions: the batched
+inference ops of :mod:`lightning_seg.ops`; a panoptic model also predicts (and by default
+scores) the instance and semantic kinds from the same outputs, as Mask2Former reports.
 """
 
 from __future__ import annotations
@@ -20,42 +18,42 @@ from lightning_seg.structures import Batch
 from lightning_seg.tasks.base import SegTask
 
 
+_MODEL_ARGS = ("backbone", "backbone_source", "pretrained", "frozen_stages", "freeze_bn", "backbone_kwargs", "conv_dim",
+               "mask_dim", "num_queries", "hidden_dim", "nheads", "dim_feedforward", "pre_norm")
+# the papers' settings where the arguments say None
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mask2former": dict(num_decoder_layers=9, class_weight=2.0, mask_weight=5.0, dice_weight=5.0,
+                        losses=("labels", "masks")),
+    "maskformer": dict(num_decoder_layers=6, class_weight=1.0, mask_weight=20.0, dice_weight=1.0,
+                       losses=("labels", "dense_masks")),
+}
+
+
 class MaskClassificationModule(SegTask):
     """Mask classification (MaskFormer, Mask2Former) for one of the three tasks.
 
     Model arguments are the task's own, so an ablation is ``--model.num_queries 200``.
 
     Args:
-        num_classes: ``K`` (linked from the data).
         task: what the model learns: ``panoptic`` (every segment; predicts all three kinds),
-            ``instance`` (thing segments without crowd; predicts instances) or ``semantic``
-            (one segment per class; predicts class maps).
-        model: a ``mask_classification`` name of :func:`lightning_seg.models.create_model`:
-            ``mask2former`` (masked-attention decoder) or ``maskformer`` (standard DETR
-            decoder, FPN pixel decoder, focal + dice loss).
-        backbone, backbone_source, pretrained, frozen_stages, freeze_bn, backbone_kwargs:
-            the backbone (a timm name, or a torchvision ResNet); ``pretrained`` may be a
-            local weights file.
-        pixel_decoder: ``msdeform`` or ``fpn`` (default: ``msdeform`` for Mask2Former,
-            ``fpn`` for MaskFormer).
-        conv_dim, mask_dim, enc_layers: pixel decoder width, mask embedding width and
-            deformable encoder depth.
-        num_queries, hidden_dim, nheads, dim_feedforward, num_decoder_layers, pre_norm:
-            transformer decoder.
-        class_weight, mask_weight, dice_weight, eos_coef: loss weights (Mask2Former: 2, 5,
-            5, 0.1; MaskFormer: 1, 20, 1, 0.1).
-        num_points, oversample_ratio, importance_sample_ratio: point sampling of the loss.
-        shared_points: draw the loss's random points once per batch and share them across
-            decoder layers and the masks of an image (faster, same expected loss), or draw
-            them per layer and mask as Mask2Former does (``False``); see
-            :class:`lightning_seg.losses.SetCriterion`.
+            ``instance`` (things without crowd; predicts instances) or ``semantic`` (one segment
+            per class; predicts class maps).
+        model: a ``mask_classification`` model name: ``mask2former`` (masked-attention decoder,
+            BCE + dice on points) or ``maskformer`` (DETR decoder, FPN pixel decoder, focal + dice).
+        backbone, backbone_source, pretrained, frozen_stages, freeze_bn, backbone_kwargs: a timm
+            name or a torchvision ResNet; ``pretrained`` may be a local weights file.
+        pixel_decoder, conv_dim, mask_dim, enc_layers: ``msdeform`` (Mask2Former's default) or
+            ``fpn``, its width, the mask embedding width, the deformable encoder depth.
+        num_queries, hidden_dim, nheads, dim_feedforward, num_decoder_layers, pre_norm: decoder.
+        class_weight, mask_weight, dice_weight, eos_coef: loss weights (None: Mask2Former's 2, 5,
+            5 or MaskFormer's 1, 20, 1; no-object 0.1).
+        num_points, oversample_ratio, importance_sample_ratio, shared_points: the loss's point
+            sampling (see :class:`lightning_seg.losses.set_terms.PointMasksTerm`).
         deep_supervision: supervise every decoder layer's ``aux_outputs``.
-        object_mask_threshold, overlap_threshold: panoptic inference thresholds.
-        test_topk: instance inference top-k over (query, class) pairs.
+        object_mask_threshold, overlap_threshold, test_topk: inference thresholds and top-k.
         freeze_pixel_decoder: keep the pixel decoder fixed (fine-tuning).
-        **kwargs: :class:`~lightning_seg.tasks.base.SegTask` arguments (``eval_kinds``,
-            AdamW 1e-4, weight decay 0.05, backbone ×0.1 by default; poly schedule;
-            ``init_from``).
+        **kwargs: :class:`~lightning_seg.tasks.base.SegTask` arguments (``num_classes``,
+            ``eval_kinds``, AdamW 1e-4, weight decay 0.05, backbone x0.1; ``init_from``, ...).
     """
 
     def __init__(
@@ -103,36 +101,21 @@ class MaskClassificationModule(SegTask):
 
         hp = self.hparams
         name = self.architecture = model_entry(hp.model, "mask_classification", key="model.model").name
-        common = dict(
-            num_classes=self.num_classes, backbone=hp.backbone, backbone_source=hp.backbone_source,
-            pretrained=hp.pretrained, frozen_stages=hp.frozen_stages, freeze_bn=hp.freeze_bn,
-            backbone_kwargs=hp.backbone_kwargs, conv_dim=hp.conv_dim, mask_dim=hp.mask_dim,
-            num_queries=hp.num_queries, hidden_dim=hp.hidden_dim, nheads=hp.nheads,
-            dim_feedforward=hp.dim_feedforward, pre_norm=hp.pre_norm,
-        )
+        kwargs = {k: hp[k] for k in _MODEL_ARGS}
         if name == "mask2former":
-            common.update(pixel_decoder=hp.pixel_decoder or "msdeform", enc_layers=hp.enc_layers,
-                          num_decoder_layers=hp.num_decoder_layers or 9)
-        else:
-            if hp.pixel_decoder not in (None, "fpn"):
-                raise ValueError("model.pixel_decoder: MaskFormer uses the FPN pixel decoder")
-            common.update(num_decoder_layers=hp.num_decoder_layers or 6)
-        self.model = create_model(name, "mask_classification", **common)
+            kwargs.update(pixel_decoder=hp.pixel_decoder or "msdeform", enc_layers=hp.enc_layers)
+        elif hp.pixel_decoder not in (None, "fpn"):
+            raise ValueError("model.pixel_decoder: MaskFormer uses the FPN pixel decoder")
+        kwargs["num_decoder_layers"] = hp.num_decoder_layers or _DEFAULTS[name]["num_decoder_layers"]
+        self.model = create_model(name, "mask_classification", num_classes=self.num_classes, **kwargs)
 
     def configure_losses(self) -> None:
-        hp = self.hparams
-        m2f = self.architecture == "mask2former"
+        hp, defaults = self.hparams, _DEFAULTS[self.architecture]
+        weights = {k: hp[k] if hp[k] is not None else defaults[k] for k in ("class_weight", "mask_weight", "dice_weight")}
         self.criterion = SetCriterion(
-            self.num_classes,
-            class_weight=hp.class_weight if hp.class_weight is not None else (2.0 if m2f else 1.0),
-            mask_weight=hp.mask_weight if hp.mask_weight is not None else (5.0 if m2f else 20.0),
-            dice_weight=hp.dice_weight if hp.dice_weight is not None else (5.0 if m2f else 1.0),
-            eos_coef=hp.eos_coef,
-            num_points=hp.num_points,
-            oversample_ratio=hp.oversample_ratio,
-            importance_sample_ratio=hp.importance_sample_ratio,
-            losses=("labels", "masks") if m2f else ("labels", "dense_masks"),
-            shared_points=hp.shared_points,
+            self.num_classes, **weights, eos_coef=hp.eos_coef, num_points=hp.num_points,
+            oversample_ratio=hp.oversample_ratio, importance_sample_ratio=hp.importance_sample_ratio,
+            losses=defaults["losses"], shared_points=hp.shared_points,
         )
 
     def available_kinds(self) -> tuple[Kind, ...]:
@@ -162,15 +145,12 @@ class MaskClassificationModule(SegTask):
                      orig_sizes=[tuple(t[key]) for t in batch["targets"]])
         result: dict[str, list[Any]] = {}
         if "panoptic" in self.eval_kinds:
-            result["panoptic"] = panoptic_inference(
-                logits, masks, self.thing_classes, object_mask_threshold=hp.object_mask_threshold,
-                overlap_threshold=hp.overlap_threshold, **sizes,
-            )
+            result["panoptic"] = panoptic_inference(logits, masks, self.thing_classes, **sizes,
+                                                    object_mask_threshold=hp.object_mask_threshold,
+                                                    overlap_threshold=hp.overlap_threshold)
         if "instance" in self.eval_kinds:
-            result["instance"] = instance_inference(
-                logits, masks, topk=hp.test_topk,
-                thing_classes=self.thing_classes if hp.task == "panoptic" else None, **sizes,
-            )
+            things = self.thing_classes if hp.task == "panoptic" else None
+            result["instance"] = instance_inference(logits, masks, topk=hp.test_topk, thing_classes=things, **sizes)
         if "semantic" in self.eval_kinds:
             result["semantic"] = semantic_inference(logits, masks, **sizes)
         return result

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from lightning_seg.models.backbone import Backbone
+from lightning_seg.models.backbone import Backbone, build_backbone
 from lightning_seg.models.mask_classification.fpn_pixel_decoder import FPNPixelDecoder
 from lightning_seg.models.mask_classification.masked_attention_decoder import MaskedAttentionDecoder
 from lightning_seg.models.mask_classification.msdeform_pixel_decoder import MSDeformAttnPixelDecoder
@@ -66,26 +66,6 @@ class MaskClassificationModel(nn.Module):
         return names
 
 
-def _build_backbone(
-    backbone: str,
-    backbone_source: Literal["timm", "torchvision"],
-    pretrained: bool | str,
-    out_indices: Sequence[int] | None,
-    frozen_stages: int,
-    freeze_bn: bool,
-    backbone_kwargs: dict[str, Any] | None,
-) -> Backbone:
-    return Backbone(
-        name=backbone,
-        source=backbone_source,
-        out_indices=out_indices,
-        pretrained=pretrained,
-        frozen_stages=frozen_stages,
-        freeze_bn=freeze_bn,
-        **(backbone_kwargs or {}),
-    )
-
-
 class Mask2Former(MaskClassificationModel):
     """Mask2Former (Cheng et al., 2022): masked-attention mask transformer.
 
@@ -95,13 +75,6 @@ class Mask2Former(MaskClassificationModel):
 
     Args:
         num_classes: ``K`` (the class head has ``K + 1`` outputs, last = no-object).
-        backbone: timm or torchvision model name.
-        backbone_source: ``"timm"`` or ``"torchvision"``.
-        pretrained: False, True (hub) or a local weights file path.
-        out_indices: backbone features to use (default: strides 4/8/16/32).
-        frozen_stages: backbone stages to freeze (-1 = none).
-        freeze_bn: frozen BatchNorm in the backbone.
-        backbone_kwargs: extra ``timm.create_model`` arguments (e.g. ``img_size``).
         pixel_decoder: ``"msdeform"`` (paper) or ``"fpn"``.
         conv_dim: pixel decoder width.
         mask_dim: per-pixel embedding channels.
@@ -118,18 +91,14 @@ class Mask2Former(MaskClassificationModel):
         enforce_input_project: 1×1 projection of the decoder inputs even when widths match.
         num_feature_levels: scales the decoder (and deformable encoder) use.
         dropout: transformer dropout.
+        **backbone_args: ``backbone``, ``backbone_source``, ``pretrained``, ``out_indices``,
+            ``frozen_stages``, ``freeze_bn``, ``backbone_kwargs``: see
+            :func:`~lightning_seg.models.backbone.build_backbone` (default features: strides 4..32).
     """
 
     def __init__(
         self,
         num_classes: int,
-        backbone: str = "resnet50",
-        backbone_source: Literal["timm", "torchvision"] = "timm",
-        pretrained: bool | str = False,
-        out_indices: list[int] | None = None,
-        frozen_stages: int = -1,
-        freeze_bn: bool = False,
-        backbone_kwargs: dict[str, Any] | None = None,
         pixel_decoder: Literal["msdeform", "fpn"] = "msdeform",
         conv_dim: int = 256,
         mask_dim: int = 256,
@@ -146,14 +115,13 @@ class Mask2Former(MaskClassificationModel):
         enforce_input_project: bool = False,
         num_feature_levels: int = 3,
         dropout: float = 0.0,
+        **backbone_args: Any,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"Mask2Former: num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
-        self.backbone = _build_backbone(
-            backbone, backbone_source, pretrained, out_indices, frozen_stages, freeze_bn, backbone_kwargs
-        )
+        self.backbone = build_backbone(**backbone_args)
         if pixel_decoder == "msdeform":
             self.pixel_decoder: nn.Module = MSDeformAttnPixelDecoder(
                 self.backbone.channels,
@@ -213,13 +181,6 @@ class MaskFormer(MaskClassificationModel):
 
     Args:
         num_classes: ``K`` (the class head has ``K + 1`` outputs, last = no-object).
-        backbone: timm or torchvision model name.
-        backbone_source: ``"timm"`` or ``"torchvision"``.
-        pretrained: False, True (hub) or a local weights file path.
-        out_indices: backbone features to use (default: strides 4/8/16/32).
-        frozen_stages: backbone stages to freeze (-1 = none).
-        freeze_bn: frozen BatchNorm in the backbone.
-        backbone_kwargs: extra ``timm.create_model`` arguments.
         conv_dim: FPN width.
         mask_dim: per-pixel embedding channels.
         num_queries: object queries ``Q``.
@@ -231,18 +192,14 @@ class MaskFormer(MaskClassificationModel):
         pre_norm: pre-norm layers.
         enforce_input_project: 1×1 projection even when widths match.
         dropout: transformer dropout.
+        **backbone_args: ``backbone``, ``backbone_source``, ``pretrained``, ``out_indices``,
+            ``frozen_stages``, ``freeze_bn``, ``backbone_kwargs``: see
+            :func:`~lightning_seg.models.backbone.build_backbone` (default features: strides 4..32).
     """
 
     def __init__(
         self,
         num_classes: int,
-        backbone: str = "resnet50",
-        backbone_source: Literal["timm", "torchvision"] = "timm",
-        pretrained: bool | str = False,
-        out_indices: list[int] | None = None,
-        frozen_stages: int = -1,
-        freeze_bn: bool = False,
-        backbone_kwargs: dict[str, Any] | None = None,
         conv_dim: int = 256,
         mask_dim: int = 256,
         num_queries: int = 100,
@@ -254,14 +211,13 @@ class MaskFormer(MaskClassificationModel):
         pre_norm: bool = False,
         enforce_input_project: bool = False,
         dropout: float = 0.1,
+        **backbone_args: Any,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"MaskFormer: num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
-        self.backbone = _build_backbone(
-            backbone, backbone_source, pretrained, out_indices, frozen_stages, freeze_bn, backbone_kwargs
-        )
+        self.backbone = build_backbone(**backbone_args)
         self.pixel_decoder = FPNPixelDecoder(
             self.backbone.channels, conv_dim=conv_dim, mask_dim=mask_dim, num_feature_levels=1
         )

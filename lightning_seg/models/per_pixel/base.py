@@ -14,12 +14,14 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from lightning_seg.models.backbone import Backbone
+from lightning_seg.models.backbone import build_backbone
 from lightning_seg.models.per_pixel.blocks import FCNHead, resize_to
 
 
 class PixelSegmentationModel(nn.Module):
     """Base of the per-pixel models; subclasses build ``self.decode(features) -> logits``.
+
+    The backbone arguments are documented here once; subclasses take them as ``**backbone_args``.
 
     Args:
         num_classes: number of classes ``K`` (void excluded).
@@ -56,6 +58,7 @@ class PixelSegmentationModel(nn.Module):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
+        self.backbone_name, self.backbone_source = backbone, backbone_source
         self.backbone = self.build_backbone(
             backbone, backbone_source, pretrained, output_stride, out_indices, frozen_stages, freeze_bn,
             min_stride, dict(backbone_kwargs or {}),
@@ -70,9 +73,8 @@ class PixelSegmentationModel(nn.Module):
     def build_backbone(self, name, source, pretrained, output_stride, out_indices, frozen_stages, freeze_bn,
                        min_stride, backbone_kwargs) -> nn.Module:
         """Build the feature extractor (subclasses may return any module with the same contract)."""
-        return Backbone(name, source=source, out_indices=out_indices, output_stride=output_stride,
-                        pretrained=pretrained, frozen_stages=frozen_stages, freeze_bn=freeze_bn,
-                        min_stride=min_stride, **backbone_kwargs)
+        return build_backbone(name, source, pretrained, out_indices, frozen_stages, freeze_bn, backbone_kwargs,
+                              output_stride, min_stride)
 
     def decode(self, features: list[Tensor], image_size: tuple[int, int]) -> Tensor:
         """Class logits ``[B, K, h, w]`` at some stride from the backbone features.

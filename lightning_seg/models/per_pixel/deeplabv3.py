@@ -41,16 +41,13 @@ class DeepLabV3(PixelSegmentationModel):
         aspp_dropout: dropout after the ASPP projection.
         aspp_separable: depthwise-separable atrous convs.
         norm: normalisation in the head.
-        backbone, backbone_source, pretrained, out_indices, frozen_stages, freeze_bn, aux_head,
-        backbone_kwargs: see :class:`~lightning_seg.models.per_pixel.base.PixelSegmentationModel`.
+        aux_head, **backbone_args: see
+            :class:`~lightning_seg.models.per_pixel.base.PixelSegmentationModel`.
     """
 
     def __init__(
         self,
         num_classes: int,
-        backbone: str = "resnet50",
-        backbone_source: Literal["timm", "torchvision"] = "timm",
-        pretrained: bool | str = False,
         output_stride: int = 8,
         aspp_rates: Sequence[int] | None = None,
         aspp_channels: int = 256,
@@ -58,13 +55,9 @@ class DeepLabV3(PixelSegmentationModel):
         aspp_separable: bool = False,
         norm: Norm = "BN",
         aux_head: bool = False,
-        out_indices: Sequence[int] | None = None,
-        frozen_stages: int = -1,
-        freeze_bn: bool = False,
-        backbone_kwargs: dict[str, Any] | None = None,
+        **backbone_args: Any,
     ) -> None:
-        super().__init__(num_classes, backbone, backbone_source, pretrained, output_stride, out_indices,
-                         frozen_stages, freeze_bn, aux_head, 0.1, backbone_kwargs)
+        super().__init__(num_classes, output_stride=output_stride, aux_head=aux_head, **backbone_args)
         rates = tuple(aspp_rates) if aspp_rates is not None else default_atrous_rates(output_stride)
         self.head = nn.Sequential(
             ASPP(self.backbone.channels[-1], rates, aspp_channels, aspp_dropout, aspp_separable, norm),

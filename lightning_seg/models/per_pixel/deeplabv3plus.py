@@ -53,16 +53,13 @@ class DeepLabV3Plus(PixelSegmentationModel):
             the first block's included, as smp's ``make_dilated`` does; torchvision and timm
             keep that first block at the preceding stage's rate. Needs a ResNet-style backbone
             (stages ``layer1`` .. ``layer4``); no effect at ``output_stride=32``.
-        backbone, backbone_source, pretrained, out_indices, frozen_stages, freeze_bn, aux_head,
-        backbone_kwargs: see :class:`~lightning_seg.models.per_pixel.base.PixelSegmentationModel`.
+        aux_head, **backbone_args: see
+            :class:`~lightning_seg.models.per_pixel.base.PixelSegmentationModel`.
     """
 
     def __init__(
         self,
         num_classes: int,
-        backbone: str = "resnet50",
-        backbone_source: Literal["timm", "torchvision"] = "timm",
-        pretrained: bool | str = False,
         output_stride: int = 16,
         aspp_rates: Sequence[int] | None = None,
         aspp_channels: int = 256,
@@ -74,20 +71,16 @@ class DeepLabV3Plus(PixelSegmentationModel):
         dropout: float = 0.1,
         norm: Norm = "BN",
         aux_head: bool = False,
-        out_indices: Sequence[int] | None = None,
-        frozen_stages: int = -1,
-        freeze_bn: bool = False,
-        backbone_kwargs: dict[str, Any] | None = None,
         post_aspp_conv: bool = False,
         align_corners: bool = False,
         uniform_dilation: bool = False,
+        **backbone_args: Any,
     ) -> None:
-        super().__init__(num_classes, backbone, backbone_source, pretrained, output_stride, out_indices,
-                         frozen_stages, freeze_bn, aux_head, 0.1, backbone_kwargs)
+        super().__init__(num_classes, output_stride=output_stride, aux_head=aux_head, **backbone_args)
         if decoder_convs < 1:
             raise ValueError(f"decoder_convs must be >= 1, got {decoder_convs}")
         if uniform_dilation:
-            _dilate_stages_uniformly(self.backbone.model, backbone)
+            _dilate_stages_uniformly(self.backbone.model, self.backbone_name)
         self.align_corners = align_corners
         channels = self.backbone.channels
         rates = tuple(aspp_rates) if aspp_rates is not None else default_atrous_rates(output_stride)

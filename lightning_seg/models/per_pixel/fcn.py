@@ -27,8 +27,7 @@ class FCN(PixelSegmentationModel):
 
     Args:
         num_classes: number of classes ``K``.
-        backbone, backbone_source, pretrained, output_stride, out_indices, frozen_stages,
-        freeze_bn, aux_head, backbone_kwargs: see
+        output_stride, aux_head, **backbone_args: see
             :class:`~lightning_seg.models.per_pixel.base.PixelSegmentationModel`.
         skip_stages: 0 = FCN-32s (or dilated FCN), 1 = FCN-16s, 2 = FCN-8s.
         dropout: dropout inside the head.
@@ -37,23 +36,16 @@ class FCN(PixelSegmentationModel):
     def __init__(
         self,
         num_classes: int,
-        backbone: str = "resnet50",
-        backbone_source: Literal["timm", "torchvision"] = "timm",
-        pretrained: bool | str = False,
         output_stride: int = 8,
         skip_stages: int = 0,
         aux_head: bool = False,
         dropout: float = 0.1,
-        out_indices: Sequence[int] | None = None,
-        frozen_stages: int = -1,
-        freeze_bn: bool = False,
-        backbone_kwargs: dict[str, Any] | None = None,
+        **backbone_args: Any,
     ) -> None:
-        super().__init__(num_classes, backbone, backbone_source, pretrained, output_stride, out_indices,
-                         frozen_stages, freeze_bn, aux_head, 0.1, backbone_kwargs)
+        super().__init__(num_classes, output_stride=output_stride, aux_head=aux_head, **backbone_args)
         channels = self.backbone.channels
         if not 0 <= skip_stages < len(channels):
-            raise ValueError(f"skip_stages must be in [0, {len(channels) - 1}] for backbone {backbone!r}, "
+            raise ValueError(f"skip_stages must be in [0, {len(channels) - 1}] for backbone {self.backbone_name!r}, "
                              f"got {skip_stages}")
         self.head = FCNHead(channels[-1], num_classes, dropout=dropout)
         self.skip_scores = nn.ModuleList(nn.Conv2d(channels[-2 - i], num_classes, 1) for i in range(skip_stages))

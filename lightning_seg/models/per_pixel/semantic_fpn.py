@@ -31,17 +31,13 @@ class SemanticFPN(PixelSegmentationModel):
         norm: normalisation in the semantic branch (GroupNorm in the paper).
         fpn_norm: normalisation in the FPN.
         dropout: dropout before the classifier.
-        backbone, backbone_source, pretrained, output_stride, out_indices, frozen_stages,
-        freeze_bn, aux_head, backbone_kwargs: see
+        output_stride, aux_head, **backbone_args: see
             :class:`~lightning_seg.models.per_pixel.base.PixelSegmentationModel`.
     """
 
     def __init__(
         self,
         num_classes: int,
-        backbone: str = "resnet50",
-        backbone_source: Literal["timm", "torchvision"] = "timm",
-        pretrained: bool | str = False,
         fpn_channels: int = 256,
         head_channels: int = 128,
         norm: Norm = "GN",
@@ -49,17 +45,13 @@ class SemanticFPN(PixelSegmentationModel):
         dropout: float = 0.0,
         aux_head: bool = False,
         output_stride: int = 32,
-        out_indices: Sequence[int] | None = None,
-        frozen_stages: int = -1,
-        freeze_bn: bool = False,
-        backbone_kwargs: dict[str, Any] | None = None,
+        **backbone_args: Any,
     ) -> None:
-        super().__init__(num_classes, backbone, backbone_source, pretrained, output_stride, out_indices,
-                         frozen_stages, freeze_bn, aux_head, 0.1, backbone_kwargs)
+        super().__init__(num_classes, output_stride=output_stride, aux_head=aux_head, **backbone_args)
         strides = self.backbone.strides
         if any(b < a for a, b in zip(strides, strides[1:])) or any(s & (s - 1) for s in strides):
             raise ValueError(f"SemanticFPN needs non-decreasing power-of-two feature strides, got {strides} "
-                             f"from backbone {backbone!r}")
+                             f"from backbone {self.backbone_name!r}")
         self.common_stride = strides[0]
         self.fpn = FPN(self.backbone.channels, fpn_channels, fpn_norm)
         self.scale_heads = nn.ModuleList()

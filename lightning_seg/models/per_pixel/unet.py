@@ -118,42 +118,35 @@ class UNet(PixelSegmentationModel):
         norm: normalisation in the decoder (and plain encoder).
         classifier_kernel_size: odd kernel size of the classifier conv (same padding, with
             bias); 3 reproduces smp's ``SegmentationHead``.
-        pretrained, out_indices, frozen_stages, freeze_bn, aux_head, backbone_kwargs: see
+        aux_head, **backbone_args: see
             :class:`~lightning_seg.models.per_pixel.base.PixelSegmentationModel`.
     """
 
     def __init__(
         self,
         num_classes: int,
-        backbone: str = "resnet50",
-        backbone_source: Literal["timm", "torchvision", "plain"] = "timm",
-        pretrained: bool | str = False,
         decoder_channels: Sequence[int] | None = None,
         upsampling: Literal["bilinear", "nearest", "transposed"] = "bilinear",
         plain_widths: Sequence[int] = (64, 128, 256, 512, 1024),
         norm: Norm = "BN",
         aux_head: bool = False,
-        out_indices: Sequence[int] | None = None,
-        frozen_stages: int = -1,
-        freeze_bn: bool = False,
-        backbone_kwargs: dict[str, Any] | None = None,
         classifier_kernel_size: int = 1,
+        **backbone_args: Any,
     ) -> None:
         if upsampling not in ("bilinear", "nearest", "transposed"):
             raise ValueError(f"upsampling must be 'bilinear', 'nearest' or 'transposed', got {upsampling!r}")
         if classifier_kernel_size < 1 or classifier_kernel_size % 2 == 0:
             raise ValueError(f"classifier_kernel_size must be a positive odd number, got {classifier_kernel_size}")
         self._plain = (tuple(plain_widths), norm)
-        super().__init__(num_classes, backbone, backbone_source, pretrained, 32, out_indices, frozen_stages,
-                         freeze_bn, aux_head, 0.1, backbone_kwargs, min_stride=1)
+        super().__init__(num_classes, output_stride=32, aux_head=aux_head, min_stride=1, **backbone_args)
         channels, strides = self.backbone.channels, self.backbone.strides
         if any(b != 2 * a for a, b in zip(strides, strides[1:])) or strides[0] & (strides[0] - 1):
             raise ValueError(f"U-Net needs encoder features whose strides double at every level, got {strides} "
-                             f"from backbone {backbone!r}")
+                             f"from backbone {self.backbone_name!r}")
         trailing = int(math.log2(strides[0]))
         n_blocks = len(channels) - 1 + trailing
         if decoder_channels is None:
-            if backbone_source == "plain":
+            if self.backbone_source == "plain":
                 decoder_channels = list(reversed(channels[:-1]))
             else:
                 decoder_channels = [max(256 >> i, 16) for i in range(n_blocks)]
