@@ -29,7 +29,7 @@ from torch import nn
 
 from ..ops.matching import Matching, hungarian_match
 from .set_targets import PaddedTargets, pad_targets
-from .set_terms import BoxesTerm, DenseMasksTerm, LabelsTerm, Pairs, PointMasksTerm, SetLossTerm, SharedDraws
+from .set_terms import BoxesTerm, DenseMasksTerm, LabelsTerm, Pairs, PointMasksTerm, SharedDraws
 
 __all__ = ["SetCriterion", "SharedDraws", "average_num_masks"]
 
@@ -71,8 +71,8 @@ class SetCriterion(nn.Module):
         bbox_weight, giou_weight: weights of ``loss_bbox`` and ``loss_giou`` (and their costs).
         solver: assignment solver, see :func:`lightning_seg.ops.hungarian_match`.
         shared_points: ``masks`` term: draw the points once per call and share them across
-            layers and the masks of an image (same expected loss, about 1.7x faster on CPU), or
-            draw them per layer and mask as Mask2Former does; see
+            layers and the masks of an image (same expected loss, faster, see
+            ``docs/benchmarks.md``), or draw them per layer and mask as Mask2Former does; see
             :class:`~lightning_seg.losses.set_terms.PointMasksTerm`.
         match_losses: the terms whose costs enter the matching (default: all of ``losses``);
             DETR's panoptic model matches on ``["labels", "boxes"]`` and trains its masks on
@@ -123,7 +123,8 @@ class SetCriterion(nn.Module):
             raise ValueError("SetCriterion: 'masks' and 'dense_masks' both give loss_mask/loss_dice; choose one")
         match_losses = list(losses) if match_losses is None else list(match_losses)
         if not match_losses or any(t not in losses for t in match_losses):
-            raise ValueError(f"SetCriterion match_losses {match_losses} must be a non-empty subset of losses {list(losses)}")
+            raise ValueError(f"SetCriterion match_losses {match_losses} must be a non-empty subset of "
+                             f"losses {list(losses)}")
         self.num_classes = num_classes
         self.solver = solver
         self.match_losses = match_losses

@@ -91,7 +91,8 @@ class TaskMetrics(nn.Module):
         for name in extra:
             kind = EXTRA_METRIC_KIND.get(name)
             if kind is None:
-                raise ValueError(f"{key}.extra_metrics: unknown metric {name!r}; choose from {sorted(EXTRA_METRIC_KIND)}")
+                raise ValueError(f"{key}.extra_metrics: unknown metric {name!r}; "
+                                 f"choose from {sorted(EXTRA_METRIC_KIND)}")
             if kind not in kinds:
                 raise ValueError(f"{key}.extra_metrics: {name!r} scores {kind} predictions, which "
                                  f"{key}.eval_kinds={list(kinds)} does not include")

@@ -77,8 +77,9 @@ def band_budget_for(device: torch.device | str, cpu_budget: int) -> int:
     """Default elements per band of output rows on ``device``.
 
     On CPU a band whose working set stays in cache (a few MiB) is fastest: measured with
-    ``scripts/benchmarks/ops.py`` at 640x640, 2**19 elements made instance inference 3x and
-    panoptic 1.5x faster than 2**24, and 2**20 semantic 2x faster. On an accelerator every
+    ``scripts/benchmarks/ops.py --only inference --bands`` at 640x640, 2**19 elements made
+    instance inference 2.2x and panoptic 1.3x faster than 2**24, and 2**20 semantic 1.24x
+    (``docs/benchmarks.md``). On an accelerator every
     band costs kernel launches, so bands there are large (2**24 elements).
     """
     return cpu_budget if torch.device(device).type == "cpu" else 1 << 24

@@ -111,7 +111,7 @@ class MaskClassificationModule(SegTask):
 
     def configure_losses(self) -> None:
         hp, defaults = self.hparams, _DEFAULTS[self.architecture]
-        weights = {k: hp[k] if hp[k] is not None else defaults[k] for k in ("class_weight", "mask_weight", "dice_weight")}
+        weights = {k: defaults[k] if hp[k] is None else hp[k] for k in ("class_weight", "mask_weight", "dice_weight")}
         self.criterion = SetCriterion(
             self.num_classes, **weights, eos_coef=hp.eos_coef, num_points=hp.num_points,
             oversample_ratio=hp.oversample_ratio, importance_sample_ratio=hp.importance_sample_ratio,
