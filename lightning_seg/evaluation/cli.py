@@ -159,14 +159,7 @@ def evaluate_instance(
         )
     else:
         iou_types = [iou_type]
-    # Each type is scored on its own geometry only: COCO's loadRes takes a detection's area
-    # (its size bucket) from its "bbox" whenever there is one.
-    drop = {"segm": "bbox", "bbox": "segmentation"}
-    scores = {}
-    for t in iou_types:
-        own = [{k: v for k, v in r.items() if k != drop[t]} for r in results]
-        scores[t] = coco_evaluate(gt, own, t, backend)  # type: ignore[arg-type]
-    return scores
+    return {t: coco_evaluate(gt, results, t, backend) for t in iou_types}  # type: ignore[arg-type]
 
 
 def evaluate_semantic(

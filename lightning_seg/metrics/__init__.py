@@ -15,6 +15,7 @@ from lightning_seg.metrics.rle import encode_runs, masks_to_coco_rles
 from lightning_seg.metrics.semantic import SemanticSegmentationMetrics, confusion_matrix, semantic_scores
 from lightning_seg.metrics.parsing_covering import ParsingCovering, parsing_covering_stats
 from lightning_seg.metrics.panoptic_quality import PanopticQuality, panoptic_quality_stats, pq_from_stats
+from lightning_seg.metrics.task_metrics import TaskMetrics
 from lightning_seg.metrics.panoptic_segments import (
     PanopticSegments,
     segments_from_category_instance,
@@ -39,6 +40,7 @@ __all__ = [
     "parsing_covering_stats",
     "PanopticQuality",
     "PanopticSegments",
+    "TaskMetrics",
     "panoptic_quality_stats",
     "pq_from_stats",
     "segments_from_category_instance",

@@ -25,7 +25,8 @@ def coco_evaluate(
         gt: a COCO instances dataset dict (``images``, ``annotations``, ``categories``); it is
             not modified.
         results: COCO results (``image_id``, ``category_id``, ``score`` and ``segmentation``
-            RLE and/or ``bbox`` ``[x, y, w, h]``); not modified.
+            RLE and/or ``bbox`` ``[x, y, w, h]``); not modified. Only ``iou_type``'s geometry is
+            passed on to COCOeval.
         iou_type: ``"segm"`` or ``"bbox"``.
         backend: ``"faster_coco_eval"`` (C++; default) or ``"pycocotools"`` (the original).
 
@@ -36,7 +37,10 @@ def coco_evaluate(
     if iou_type not in ("segm", "bbox"):
         raise ValueError(f"iou_type must be 'segm' or 'bbox', got {iou_type!r}")
     gt = copy.deepcopy(gt)
-    results = copy.deepcopy(results)
+    # Each type is scored on its own geometry only: COCO's loadRes takes a detection's area (its
+    # size bucket) from its "bbox" whenever there is one, also for segm.
+    other = "bbox" if iou_type == "segm" else "segmentation"
+    results = [{k: copy.deepcopy(v) for k, v in r.items() if k != other} for r in results]
     if not results:
         # Both tools refuse an empty result list; with nothing detected, AP and AR are 0
         # wherever there is ground truth.

@@ -248,11 +248,7 @@ class MaskAP(Metric):
         gt, results = self._coco_dicts()
         out: dict[str, torch.Tensor] = {}
         for iou_type in self.iou_types:
-            # Each type's results carry only their own geometry: COCO's loadRes takes a
-            # detection's area (its size bucket) from its "bbox" whenever there is one.
-            drop = "bbox" if iou_type == "segm" else "segmentation"
-            res = [{k: v for k, v in r.items() if k != drop} for r in results]
-            stats = coco_evaluate(gt, res, iou_type, self.backend)
+            stats = coco_evaluate(gt, results, iou_type, self.backend)
             prefix = "" if iou_type == "segm" else "bbox_"
             for name in COCO_STAT_NAMES:
                 out[prefix + name] = torch.tensor(stats[name], dtype=torch.float64)
