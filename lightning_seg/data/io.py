@@ -54,6 +54,10 @@ def load_coco_json(path: str | Path, format_name: str = "COCO") -> dict[str, Any
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or key not in data:
             raise DatasetError(f"{path}: missing the '{key}' list of the {format_name} format")
+        if not isinstance(data[key], list):
+            raise DatasetError(
+                f"{path}: '{key}' of the {format_name} format must be a list, got {type(data[key]).__name__}"
+            )
     return data
 
 

@@ -1,0 +1,178 @@
+"""RoI heads of Mask R-CNN: proposal sampling, box and mask losses, detections, all batched.
+
+Training: the ground-truth boxes join the padded proposals ``[B, P + G, 4]``, every image's
+proposals are matched and sampled in one pass (:mod:`lightning_seg.ops.box_matching`), and the
+sampled RoIs of the whole batch go through the heads as one ``[R, 5]`` tensor. Inference:
+class-specific boxes of every RoI and class are thresholded and suppressed by one
+``batched_nms`` over (image, class) groups, and the top detections of every image kept by rank,
+without a per-image loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.ops import batched_nms
+
+from lightning_seg.models.rcnn.heads import BoxHead, BoxPredictor, MaskHead
+from lightning_seg.models.rcnn.rpn import BoxTargets, top_per_image
+from lightning_seg.models.rcnn.settings import RoIHeadsSettings
+from lightning_seg.ops.box_matching import batched_box_iou, ignore_crowd_overlaps, match_boxes, sample_balanced
+from lightning_seg.ops.roi_pooling import crop_mask_targets, multiscale_roi_align
+
+
+@dataclass
+class Detections:
+    """Detections of a batch, grouped by image in decreasing score order.
+
+    Attributes:
+        boxes: float ``[D, 4]`` xyxy in input pixels.
+        scores: float ``[D]``.
+        labels: int64 ``[D]`` contiguous class ids.
+        image_index: int64 ``[D]``.
+        counts: int64 ``[B]`` detections per image.
+        mask_probs: float ``[D, M, M]`` mask probabilities in box coordinates, or None.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    image_index: Tensor
+    counts: Tensor
+    mask_probs: Tensor | None = None
+
+
+class RoIHeads(nn.Module):
+    """Box head + predictor and mask head on RoIAlign features of P2-P5.
+
+    Args:
+        in_channels: FPN width.
+        strides: strides of the levels the heads read (P2-P5: 4, 8, 16, 32).
+        num_classes: ``K`` (background is class ``K`` of the box classifier).
+        settings: see :class:`~lightning_seg.models.rcnn.settings.RoIHeadsSettings`.
+        box_head, box_predictor, mask_head: replace the default heads (injectable modules).
+    """
+
+    def __init__(self, in_channels: int, strides: Sequence[int], num_classes: int, settings: RoIHeadsSettings,
+                 box_head: nn.Module | None = None, box_predictor: nn.Module | None = None,
+                 mask_head: nn.Module | None = None) -> None:
+        super().__init__()
+        s = self.settings = settings
+        self.strides = [int(x) for x in strides]
+        self.num_classes = num_classes
+        self.box_head = box_head or BoxHead(in_channels, s.box_resolution, s.box_head_convs, s.box_head_conv_dim,
+                                            s.box_head_fcs, s.box_head_dim, s.box_head_norm)
+        self.box_predictor = box_predictor or BoxPredictor(s.box_head_dim, num_classes, s.class_agnostic_box)
+        self.mask_head = mask_head if mask_head is not None or not s.mask_on else MaskHead(
+            in_channels, num_classes, s.mask_head_dims, s.mask_head_norm, s.class_agnostic_mask)
+        self.box_coder = BoxCoder(tuple(s.box_weights))
+
+    def _pool(self, features: Sequence[Tensor], rois: Tensor, size: int) -> Tensor:
+        return multiscale_roi_align(features, rois, self.strides, size, self.settings.sampling_ratio,
+                                    self.settings.aligned)
+
+    def _mask_logits(self, features: Sequence[Tensor], rois: Tensor, labels: Tensor) -> Tensor:
+        logits = self.mask_head(self._pool(features, rois, self.settings.mask_resolution))
+        if logits.shape[1] == 1:
+            return logits[:, 0]
+        return logits[torch.arange(logits.shape[0], device=logits.device), labels]
+
+    # ------------------------------------------------------------------ training
+    @torch.no_grad()
+    def sample_proposals(self, proposals: Tensor, valid: Tensor, targets: BoxTargets) -> tuple[Tensor, ...]:
+        """Match and sample the RoIs of every image.
+
+        Args:
+            proposals: float ``[B, P, 4]``; valid: bool ``[B, P]``.
+            targets: the batch's ground truth.
+
+        Returns:
+            ``(image_index, boxes, classes, gt_index, foreground)`` of the ``R`` sampled RoIs:
+            int64 ``[R]``, float ``[R, 4]``, int64 ``[R]`` (``K`` = background), int64 ``[R]``
+            matched ground truth (column of ``targets.boxes``), bool ``[R]``.
+        """
+        s = self.settings
+        if s.append_gt_boxes:
+            proposals = torch.cat([proposals, targets.boxes], 1)
+            valid = torch.cat([valid, targets.valid], 1)
+        iou = batched_box_iou(targets.boxes, proposals)
+        matches, labels = match_boxes(iou, targets.valid, s.positive_iou, s.positive_iou)
+        labels = labels.masked_fill(~valid, -1)
+        labels = ignore_crowd_overlaps(labels, proposals, targets.crowd_boxes, targets.crowd_valid,
+                                       s.crowd_ioa_threshold)
+        positive, negative = sample_balanced(labels, s.batch_size_per_image, s.positive_fraction)
+        bi, pi = torch.nonzero(positive | negative, as_tuple=True)
+        gt = matches[bi, pi]
+        fg = positive[bi, pi]
+        classes = torch.where(fg, targets.labels[bi, gt], torch.full_like(gt, self.num_classes))
+        return bi, proposals[bi, pi], classes, gt, fg
+
+    def losses(self, features: Sequence[Tensor], proposals: Tensor, valid: Tensor,
+               targets: BoxTargets) -> dict[str, Tensor]:
+        """``loss_cls`` (CE over the sampled RoIs), ``loss_box_reg`` (foreground, divided by the
+        number of sampled RoIs), ``loss_mask`` (BCE on the ground-truth class channel)."""
+        s = self.settings
+        bi, boxes, classes, gt, fg = self.sample_proposals(proposals, valid, targets)
+        rois = torch.cat([bi[:, None].to(boxes.dtype), boxes], 1)
+        logits, deltas = self.box_predictor(self.box_head(self._pool(features, rois, s.box_resolution)))
+        loss_cls = F.cross_entropy(logits, classes)
+        fi = torch.nonzero(fg).squeeze(1)
+        deltas = deltas.view(deltas.shape[0], -1, 4)
+        cls_fg = classes[fi] if deltas.shape[1] > 1 else torch.zeros_like(classes[fi])
+        target_deltas = self.box_coder.encode_single(targets.boxes[bi[fi], gt[fi]], boxes[fi])
+        loss_box = F.smooth_l1_loss(deltas[fi, cls_fg], target_deltas, beta=s.smooth_l1_beta,
+                                    reduction="sum") / max(classes.numel(), 1)
+        out = {"loss_cls": loss_cls * s.box_loss_weight, "loss_box_reg": loss_box * s.box_loss_weight}
+        if self.mask_head is not None:
+            mask_logits = self._mask_logits(features, rois[fi], classes[fi])
+            if fi.numel() == 0 or targets.masks is None:
+                loss_mask = mask_logits.sum() * 0.0
+            else:
+                mask_targets = crop_mask_targets(targets.masks, boxes[fi], targets.mask_index[bi[fi], gt[fi]],
+                                                 mask_logits.shape[-1], aligned=True,
+                                                 threshold=s.mask_target_threshold)
+                loss_mask = F.binary_cross_entropy_with_logits(mask_logits, mask_targets)
+            out["loss_mask"] = loss_mask * s.mask_loss_weight
+        return out
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def detect(self, features: Sequence[Tensor], proposals: Tensor, valid: Tensor, image_sizes: Tensor) -> Detections:
+        """Scored, suppressed detections (and their mask probabilities) of every image.
+
+        Args:
+            features: P2-P5 float ``[B, C, h_l, w_l]``.
+            proposals: float ``[B, P, 4]``; valid: bool ``[B, P]``.
+            image_sizes: int64 ``[B, 2]`` ``(H, W)`` before padding.
+        """
+        s, k = self.settings, self.num_classes
+        b = proposals.shape[0]
+        bi, pi = torch.nonzero(valid, as_tuple=True)
+        boxes = proposals[bi, pi]
+        rois = torch.cat([bi[:, None].to(boxes.dtype), boxes], 1)
+        logits, deltas = self.box_predictor(self.box_head(self._pool(features, rois, s.box_resolution)))
+        scores = F.softmax(logits, -1)[:, :k]
+        pred = self.box_coder.decode_single(deltas, boxes).view(boxes.shape[0], -1, 4)
+        if pred.shape[1] == 1:
+            pred = pred.expand(-1, k, -1)
+        hw = image_sizes[bi].to(pred.dtype)
+        upper = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1)[:, None, :]
+        pred = torch.minimum(pred.clamp(min=0), upper)
+        wh = pred[..., 2:] - pred[..., :2]
+        keep = (scores > s.score_threshold) & (wh > s.min_box_size).all(-1) & torch.isfinite(pred).all(-1)
+        ri, ci = torch.nonzero(keep, as_tuple=True)
+        cand_boxes, cand_scores, cand_img = pred[ri, ci], scores[ri, ci], bi[ri]
+        kept = batched_nms(cand_boxes, cand_scores, cand_img * k + ci, s.nms_threshold)
+        order, _ = top_per_image(cand_img[kept], b, s.detections_per_image)
+        kept = kept[order]
+        img = cand_img[kept]
+        det = Detections(cand_boxes[kept], cand_scores[kept], ci[kept], img, torch.bincount(img, minlength=b))
+        if self.mask_head is not None:
+            det_rois = torch.cat([img[:, None].to(det.boxes.dtype), det.boxes], 1)
+            det.mask_probs = self._mask_logits(features, det_rois, det.labels).sigmoid()
+        return det

@@ -1,0 +1,105 @@
+"""torchvision ``maskrcnn_resnet50_fpn`` / ``_v2`` state dicts -> :class:`MaskRCNN` weights.
+
+Renames the modules and moves the background class: torchvision's class 0 is background and
+classes are ``1..K``; here classes are ``0..K-1`` and the box classifier's background is last,
+while box regression and masks have no background row at all.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_seg.models.rcnn.mask_rcnn import MaskRCNN
+from lightning_seg.models.rcnn.settings import TorchvisionVersion, torchvision_settings
+
+_RENAMES = [
+    (r"^backbone\.body\.", "backbone.model."),
+    (r"^backbone\.fpn\.inner_blocks\.", "fpn.lateral."),
+    (r"^backbone\.fpn\.layer_blocks\.", "fpn.output."),
+    (r"^roi_heads\.box_head\.(\d+)\.", r"roi_heads.box_head.layers.\1."),
+    (r"^roi_heads\.mask_head\.(\d+)\.", r"roi_heads.mask_head.convs.\1."),
+    (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_heads.mask_head.deconv."),
+    (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_heads.mask_head.predictor."),
+]
+
+
+def torchvision_num_classes(state: dict[str, Tensor]) -> int:
+    """``K`` of a torchvision Mask R-CNN state dict (its classifier has ``K + 1`` rows)."""
+    key = "roi_heads.box_predictor.cls_score.weight"
+    if key not in state:
+        raise ValueError(f"not a torchvision Mask R-CNN state dict: no {key!r}")
+    return int(state[key].shape[0]) - 1
+
+
+def convert_torchvision_mask_rcnn(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Our keys and class layout for a torchvision Mask R-CNN (v1 or v2) state dict."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        new = key
+        for pattern, repl in _RENAMES:
+            new = re.sub(pattern, repl, new)
+        if new.startswith("roi_heads.box_predictor.cls_score."):
+            value = torch.cat([value[1:], value[:1]])  # background first -> last
+        elif new.startswith("roi_heads.box_predictor.bbox_pred."):
+            value = value[4:] if value.shape[0] > 8 else value  # class-specific: drop background
+        elif new.startswith("roi_heads.mask_head.predictor.") and value.shape[0] > 1:
+            value = value[1:]
+        out[new] = value
+    return out
+
+
+def load_torchvision_weights(model: MaskRCNN, weights: str | Path | dict[str, Tensor]) -> MaskRCNN:
+    """Load a torchvision Mask R-CNN state dict (a local file or a dict) into ``model``.
+
+    Raises ``ValueError`` naming the file and the keys when the state dict does not fit (wrong
+    architecture or number of classes). ``num_batches_tracked`` counters are ignored where the
+    model has frozen norms.
+    """
+    name = str(weights) if not isinstance(weights, dict) else "state dict"
+    if not isinstance(weights, dict):
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"torchvision Mask R-CNN weights not found: {path}")
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(weights, dict) and "model" in weights and isinstance(weights["model"], dict):
+            weights = weights["model"]
+    k = torchvision_num_classes(weights)
+    if k != model.num_classes:
+        raise ValueError(f"{name}: torchvision model has {k} classes (+ background); the model has {model.num_classes}")
+    converted = convert_torchvision_mask_rcnn(weights)
+    own = model.state_dict()
+    converted = {key: v for key, v in converted.items() if key in own or not key.endswith("num_batches_tracked")}
+    missing = sorted(set(own) - set(converted))
+    unexpected = sorted(set(converted) - set(own))
+    wrong = sorted(key for key in set(own) & set(converted) if own[key].shape != converted[key].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(f"{name}: does not fit this Mask R-CNN (missing {missing[:6]}, unexpected "
+                         f"{unexpected[:6]}, wrong shape {wrong[:6]}); for a v2 checkpoint use "
+                         "torchvision_settings('v2')")
+    model.load_state_dict(converted)
+    return model
+
+
+def mask_rcnn_from_torchvision(weights: str | Path | dict[str, Tensor], version: TorchvisionVersion = "v1",
+                               **overrides: Any) -> MaskRCNN:
+    """A :class:`MaskRCNN` with torchvision's settings (:func:`torchvision_settings`) and its weights.
+
+    Args:
+        weights: local state-dict file of ``maskrcnn_resnet50_fpn`` (``v1``) or ``_v2``, or the dict.
+        version: ``v1`` or ``v2``.
+        **overrides: constructor arguments to change (e.g. ``roi_heads``).
+    """
+    state = weights
+    if not isinstance(state, dict):
+        path = Path(state)
+        if not path.is_file():
+            raise FileNotFoundError(f"torchvision Mask R-CNN weights not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    kwargs = {**torchvision_settings(version), **overrides}
+    model = MaskRCNN(torchvision_num_classes(state), **kwargs)
+    return load_torchvision_weights(model, state)
