@@ -84,6 +84,52 @@ class RandomResizeKeepRatio(A.DualTransform):
         return ("scale", "ratio_range")
 
 
+class ResizeShortestEdge(A.DualTransform):
+    """Resize keeping the aspect ratio so the short side is a random length, the long side at
+    most ``max_size`` (detectron2's ``ResizeShortestEdge``, the R-CNN training resize).
+
+    Args:
+        short_edge_lengths: candidate short-side lengths (``sample_style="choice"``) or the
+            ``(min, max)`` range (``"range"``), e.g. ``[640, 672, 704, 736, 768, 800]``.
+        max_size: bound on the long side after the resize.
+        sample_style: ``"choice"`` or ``"range"``.
+    """
+
+    def __init__(
+        self,
+        short_edge_lengths: tuple[int, ...] = (640, 672, 704, 736, 768, 800),
+        max_size: int = 1333,
+        sample_style: str = "choice",
+        p: float = 1.0,
+    ) -> None:
+        super().__init__(p=p)
+        if sample_style not in ("choice", "range"):
+            raise ValueError(f"ResizeShortestEdge sample_style must be 'choice' or 'range', got {sample_style!r}")
+        if sample_style == "range" and len(short_edge_lengths) != 2:
+            raise ValueError(f"ResizeShortestEdge with sample_style='range' needs (min, max), got {short_edge_lengths}")
+        self.short_edge_lengths = tuple(int(x) for x in short_edge_lengths)
+        self.max_size = int(max_size)
+        self.sample_style = sample_style
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        h, w = params["shape"][:2]
+        if self.sample_style == "choice":
+            short = self.py_random.choice(self.short_edge_lengths)
+        else:
+            short = self.py_random.randint(self.short_edge_lengths[0], self.short_edge_lengths[1])
+        factor = min(short / min(h, w), self.max_size / max(h, w))
+        return {"size": (max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5)))}
+
+    def apply(self, img: np.ndarray, size: tuple[int, int] = (0, 0), **params: Any) -> np.ndarray:
+        return _resize(img, *size, nearest=False)
+
+    def apply_to_mask(self, mask: np.ndarray, size: tuple[int, int] = (0, 0), **params: Any) -> np.ndarray:
+        return _resize(mask, *size, nearest=True)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("short_edge_lengths", "max_size", "sample_style")
+
+
 class CategoryAwareRandomCrop(A.DualTransform):
     """Random crop that avoids crops dominated by one class (mmsegmentation's ``cat_max_ratio``).
 
@@ -149,6 +195,7 @@ def photometric_distortion(p: float = 0.5) -> A.Compose:
 
 _CUSTOM = {
     "RandomResizeKeepRatio": RandomResizeKeepRatio,
+    "ResizeShortestEdge": ResizeShortestEdge,
     "CategoryAwareRandomCrop": CategoryAwareRandomCrop,
     "PhotometricDistortion": photometric_distortion,
 }

@@ -1,4 +1,4 @@
-"""lightning_seg.models: nn.Modules only (backbones, the FPN, per-pixel and mask-classification models).
+"""lightning_seg.models: nn.Modules only (backbones, the FPN, per-pixel, mask-classification and R-CNN models).
 
 Tasks build their model by name with :func:`create_model`; each registered name declares its
 family (see :mod:`lightning_seg.models.registry`).
@@ -18,6 +18,7 @@ from lightning_seg.models.per_pixel import (
     convert_torchvision_state_dict,
     load_torchvision_weights,
 )
+from lightning_seg.models.rcnn import MaskRCNN
 from lightning_seg.models.registry import (
     MODEL_REGISTRY,
     ModelEntry,
@@ -34,11 +35,13 @@ register_model("deeplabv3plus", DeepLabV3Plus, "per_pixel")
 register_model("semantic_fpn", SemanticFPN, "per_pixel")
 register_model("maskformer", MaskFormer, "mask_classification")
 register_model("mask2former", Mask2Former, "mask_classification")
+register_model("mask_rcnn", MaskRCNN, "rcnn")
 
 __all__ = [
     "FCN",
     "MODEL_REGISTRY",
     "Mask2Former",
+    "MaskRCNN",
     "MaskFormer",
     "Backbone",
     "DeepLabV3",

@@ -12,10 +12,12 @@ from typing import Any, Literal
 
 from torch import nn
 
-Family = Literal["per_pixel", "mask_classification"]
+Family = Literal["per_pixel", "mask_classification", "rcnn"]
 """What a model outputs, hence which task trains it: ``per_pixel`` (class logits ``[B,K,H,W]``,
-:class:`~lightning_seg.tasks.SemanticSegmentationModule`) or ``mask_classification``
-(``pred_logits``/``pred_masks``, :class:`~lightning_seg.tasks.MaskClassificationModule`)."""
+:class:`~lightning_seg.tasks.SemanticSegmentationModule`), ``mask_classification``
+(``pred_logits``/``pred_masks``, :class:`~lightning_seg.tasks.MaskClassificationModule`) or
+``rcnn`` (losses in training, box detections with masks in eval,
+:class:`~lightning_seg.tasks.RCNNModule`)."""
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from lightning_seg.tasks.base import SegTask
 from lightning_seg.tasks.mask_classification import MaskClassificationModule
+from lightning_seg.tasks.rcnn import RCNNModule
 from lightning_seg.tasks.semantic import SemanticSegmentationModule
 
-__all__ = ["MaskClassificationModule", "SegTask", "SemanticSegmentationModule"]
+__all__ = ["MaskClassificationModule", "RCNNModule", "SegTask", "SemanticSegmentationModule"]

@@ -201,3 +201,21 @@ def test_augmentation_in_dataloader_workers_repeats_with_the_seed():
     a, b = epochs(0), epochs(0)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[0], a[1])  # a new epoch draws new augmentations
+
+
+def test_resize_shortest_edge_picks_a_short_side_and_bounds_the_long_side():
+    from lightning_seg.data.transforms import ResizeShortestEdge
+
+    t = ResizeShortestEdge((64, 80), max_size=150)
+    t.set_random_seed(0)
+    shorts = set()
+    for _ in range(20):
+        out = t(image=np.zeros((100, 120, 3), np.uint8), mask=np.zeros((100, 120), np.uint8))
+        h, w = out["image"].shape[:2]
+        assert out["mask"].shape == (h, w) and h in (64, 80) and w == int(h * 1.2 + 0.5)
+        shorts.add(h)
+    assert shorts == {64, 80}
+    capped = ResizeShortestEdge((100,), max_size=150)(image=np.zeros((50, 200, 3), np.uint8))["image"]
+    assert capped.shape[:2] == (38, 150)
+    with pytest.raises(ValueError, match="sample_style"):
+        ResizeShortestEdge((1, 2), sample_style="nope")

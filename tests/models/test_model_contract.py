@@ -9,6 +9,7 @@ trainable parameter, and identical eval outputs after a ``state_dict`` round tri
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -17,13 +18,17 @@ import torch
 
 from lightning_seg.models import list_models, model_entry
 from lightning_seg.structures import collate
-from lightning_seg.tasks import MaskClassificationModule, SemanticSegmentationModule
+from lightning_seg.tasks import MaskClassificationModule, RCNNModule, SemanticSegmentationModule
 
 K = 4
 THINGS = [0, 1]
 _M2F = dict(backbone="resnet10t", conv_dim=16, mask_dim=16, enc_layers=1, num_queries=6, hidden_dim=16, nheads=2,
             dim_feedforward=32, num_decoder_layers=2, num_points=64, object_mask_threshold=0.0)
 _UNET = dict(decoder_channels=[16, 16, 8, 8, 8])
+_RCNN = dict(backbone="resnet10t", backbone_source="timm", fpn_channels=16,
+             rpn=dict(pre_nms_topk_train=200, post_nms_topk_train=40, pre_nms_topk_test=100, post_nms_topk_test=40),
+             roi_heads=dict(batch_size_per_image=32, box_head_dim=32, mask_head_dims=[8, 8], score_threshold=0.0,
+                            detections_per_image=10))
 
 # case id -> (task class, task arguments); the registered model name is the ``model`` argument.
 CASES: dict[str, tuple[type, dict[str, Any]]] = {
@@ -46,6 +51,10 @@ CASES: dict[str, tuple[type, dict[str, Any]]] = {
     "mask2former_swin": (MaskClassificationModule, dict(model="mask2former", **{**_M2F, "backbone": "swin_tiny_patch4_window7_224"},
                                                         backbone_kwargs=dict(strict_img_size=False, embed_dim=16, depths=(1, 1, 1, 1),
                                                                              num_heads=(1, 1, 2, 2)))),
+    "mask_rcnn": (RCNNModule, dict(model="mask_rcnn", **_RCNN)),
+    "mask_rcnn_4conv1fc_agnostic": (RCNNModule, dict(model="mask_rcnn", **{**_RCNN, "fpn_norm": "GN", "roi_heads": dict(
+        _RCNN["roi_heads"], box_head_convs=2, box_head_conv_dim=8, box_head_fcs=1, box_head_norm="GN",
+        class_agnostic_box=True, class_agnostic_mask=True, mask_head_norm="GN")})),
 }
 # BatchNorm over the 1x1 image-pooling map of ASPP cannot train on one image (torch refuses it).
 NO_TRAIN_BATCH_OF_ONE = {"deeplabv3", "deeplabv3plus"}
@@ -87,9 +96,24 @@ def batch(*sizes: tuple[int, int], segments: int = 3):
     return collate([sample(h, w, seed=i, segments=segments) for i, (h, w) in enumerate(sizes)], size_divisibility=1)
 
 
+def raw_outputs(task, b: dict[str, Any]) -> Any:
+    """The model's own outputs on a batch (R-CNN models also take the image sizes)."""
+    if isinstance(task, RCNNModule):
+        return task.model(b["images"], task.image_sizes(b))
+    return task.model(b["images"])
+
+
 def check_outputs(family: str, out: Any, b: int, h: int, w: int, queries: int) -> None:
     """The family's raw-output contract (see ``../shared/DESIGN.md``)."""
-    if family == "per_pixel":
+    if family == "rcnn":
+        d = out.boxes.shape[0]
+        assert out.boxes.dtype == torch.float32 and out.boxes.shape == (d, 4) and torch.isfinite(out.boxes).all()
+        assert (out.boxes[:, 0::2] <= w).all() and (out.boxes[:, 1::2] <= h).all() and (out.boxes >= 0).all()
+        assert ((out.scores >= 0) & (out.scores <= 1)).all() and ((out.labels >= 0) & (out.labels < K)).all()
+        assert out.counts.shape == (b,) and int(out.counts.sum()) == d and d > 0
+        assert out.image_index.tolist() == sorted(out.image_index.tolist())
+        assert out.mask_probs.shape == (d, 28, 28) and ((out.mask_probs >= 0) & (out.mask_probs <= 1)).all()
+    elif family == "per_pixel":
         maps = out.values() if isinstance(out, dict) else [out]
         for logits in maps:
             assert logits.dtype == torch.float32 and tuple(logits.shape) == (b, K, h, w)
@@ -141,7 +165,7 @@ def test_outputs_and_predictions_at_odd_sizes(case):
     h, w = b["images"].shape[-2:]
     assert (h, w) == (37, 45)
     with torch.no_grad():
-        check_outputs(family, task.model(b["images"]), 2, h, w, queries_of(case))
+        check_outputs(family, raw_outputs(task, b), 2, h, w, queries_of(case))
         check_predictions(task, task.predict(b, at_original_size=False), b["targets"], "target_size")
         check_predictions(task, task.predict(b, at_original_size=True), b["targets"], "orig_size")
 
@@ -188,14 +212,23 @@ def test_state_dict_round_trip_gives_identical_eval_outputs(case):
     a, b = build(case, seed=0).eval(), build(case, seed=1).eval()
     x = batch((36, 44), (36, 44))
     with torch.no_grad():
-        before = b.model(x["images"])
+        before = raw_outputs(b, x)
         b.load_state_dict(a.state_dict())
-        got, want = b.model(x["images"]), a.model(x["images"])
-    flat = lambda o: [o] if isinstance(o, torch.Tensor) else [  # noqa: E731
-        t for v in (o.values() if isinstance(o, dict) else o) for t in flat(v)]
+        got, want = raw_outputs(b, x), raw_outputs(a, x)
     assert any(not torch.equal(u, v) for u, v in zip(flat(before), flat(want)))  # the seeds gave other weights
     for u, v in zip(flat(got), flat(want)):
         assert torch.equal(u, v)
+
+
+def flat(o: Any) -> list[torch.Tensor]:
+    """Every tensor of a nested output (dicts, lists, dataclasses)."""
+    if isinstance(o, torch.Tensor):
+        return [o]
+    if dataclasses.is_dataclass(o):
+        o = [getattr(o, f.name) for f in dataclasses.fields(o)]
+    if o is None:
+        return []
+    return [t for v in (o.values() if isinstance(o, dict) else o) for t in flat(v)]
 
 
 @pytest.mark.slow
@@ -206,7 +239,5 @@ def test_torch_compile_matches_eager(case):
     x = batch((64, 64), (64, 64))["images"]
     with torch.no_grad():
         want, got = task.model(x), compiled(x)
-    flat = lambda o: [o] if isinstance(o, torch.Tensor) else [  # noqa: E731
-        t for v in (o.values() if isinstance(o, dict) else o) for t in flat(v)]
     for u, v in zip(flat(got), flat(want)):
         torch.testing.assert_close(u, v, rtol=1e-3, atol=1e-4)

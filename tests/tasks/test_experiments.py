@@ -25,6 +25,14 @@ SHRINK_MASK_CLASSIFICATION = [
     "--model.hidden_dim=32", "--model.conv_dim=32", "--model.mask_dim=32", "--model.enc_layers=1",
     "--model.num_queries=8", "--model.nheads=2", "--model.dim_feedforward=64", "--model.num_points=256",
 ]
+SHRINK_RCNN = [
+    "--model.roi_heads.batch_size_per_image=64", "--model.roi_heads.box_head_dim=64",
+    "--model.roi_heads.mask_head_dims=[32, 32]", "--model.rpn.pre_nms_topk_train=200",
+    "--model.rpn.post_nms_topk_train=100",
+    # the configs' own resizes (short side 640-800) replaced by a 64-pixel one
+    '--data.train_augmentation=[{"type": "ResizeShortestEdge", "short_edge_lengths": [64], "max_size": 96}]',
+    '--data.eval_augmentation=[{"type": "ResizeShortestEdge", "short_edge_lengths": [64], "max_size": 96}]',
+]
 SHRINK_TRAINER = [
     # the first step at the full learning rate, so that every update exceeds float32 spacing
     "--model.warmup_steps=0",
@@ -84,6 +92,8 @@ def test_experiment_config_trains_one_step(config, dataset_roots, tmp_path, monk
         pytest.fail(f"{config}: no test dataset for {data_class}")
     if model_class == "MaskClassificationModule":
         args += SHRINK_MASK_CLASSIFICATION
+    if model_class == "RCNNModule" and data_class != "SyntheticShapesDataModule":
+        args += SHRINK_RCNN
     cli = SegCLI(args=args, run=False)
     assert type(cli.datamodule).__name__ == data_class and type(cli.model).__name__ == model_class
     before = {n: p.detach().clone() for n, p in cli.model.named_parameters() if p.requires_grad}

@@ -6,6 +6,7 @@ from lightning_seg.models.rcnn.mask_rcnn import MaskRCNN
 from lightning_seg.models.rcnn.roi_heads import Detections, RoIHeads
 from lightning_seg.models.rcnn.rpn import BoxTargets, RegionProposalNetwork, RPNHead
 from lightning_seg.models.rcnn.settings import RoIHeadsSettings, RPNSettings, torchvision_settings
+from lightning_seg.models.rcnn.targets import box_targets_from_batch
 from lightning_seg.models.rcnn.torchvision_weights import (
     convert_torchvision_mask_rcnn,
     load_torchvision_weights,
@@ -25,6 +26,7 @@ __all__ = [
     "RegionProposalNetwork",
     "RoIHeads",
     "RoIHeadsSettings",
+    "box_targets_from_batch",
     "convert_torchvision_mask_rcnn",
     "load_torchvision_weights",
     "mask_rcnn_from_torchvision",

@@ -134,7 +134,7 @@ class RoIHeads(nn.Module):
                 loss_mask = mask_logits.sum() * 0.0
             else:
                 mask_targets = crop_mask_targets(targets.masks, boxes[fi], targets.mask_index[bi[fi], gt[fi]],
-                                                 mask_logits.shape[-1], aligned=True,
+                                                 mask_logits.shape[-1], aligned=s.mask_target_aligned,
                                                  threshold=s.mask_target_threshold)
                 loss_mask = F.binary_cross_entropy_with_logits(mask_logits, mask_targets)
             out["loss_mask"] = loss_mask * s.mask_loss_weight
@@ -150,29 +150,45 @@ class RoIHeads(nn.Module):
             proposals: float ``[B, P, 4]``; valid: bool ``[B, P]``.
             image_sizes: int64 ``[B, 2]`` ``(H, W)`` before padding.
         """
-        s, k = self.settings, self.num_classes
-        b = proposals.shape[0]
+        s = self.settings
         bi, pi = torch.nonzero(valid, as_tuple=True)
         boxes = proposals[bi, pi]
         rois = torch.cat([bi[:, None].to(boxes.dtype), boxes], 1)
         logits, deltas = self.box_predictor(self.box_head(self._pool(features, rois, s.box_resolution)))
+        det = self.select_detections(logits, deltas, boxes, bi, image_sizes)
+        if self.mask_head is not None:
+            det_rois = torch.cat([det.image_index[:, None].to(det.boxes.dtype), det.boxes], 1)
+            det.mask_probs = self._mask_logits(features, det_rois, det.labels).sigmoid()
+        return det
+
+    @torch.no_grad()
+    def select_detections(self, logits: Tensor, deltas: Tensor, boxes: Tensor, image_index: Tensor,
+                          image_sizes: Tensor) -> Detections:
+        """Box-head outputs of the RoIs of a batch -> thresholded, suppressed, top-k detections.
+
+        Args:
+            logits: float ``[R, K + 1]``; deltas: float ``[R, 4K]`` (or ``[R, 4]``).
+            boxes: float ``[R, 4]`` the RoIs; image_index: int64 ``[R]``.
+            image_sizes: int64 ``[B, 2]``.
+
+        Returns:
+            :class:`Detections` without masks.
+        """
+        s, k = self.settings, self.num_classes
+        b = image_sizes.shape[0]
         scores = F.softmax(logits, -1)[:, :k]
         pred = self.box_coder.decode_single(deltas, boxes).view(boxes.shape[0], -1, 4)
         if pred.shape[1] == 1:
             pred = pred.expand(-1, k, -1)
-        hw = image_sizes[bi].to(pred.dtype)
+        hw = image_sizes[image_index].to(pred.dtype)
         upper = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1)[:, None, :]
         pred = torch.minimum(pred.clamp(min=0), upper)
         wh = pred[..., 2:] - pred[..., :2]
         keep = (scores > s.score_threshold) & (wh > s.min_box_size).all(-1) & torch.isfinite(pred).all(-1)
         ri, ci = torch.nonzero(keep, as_tuple=True)
-        cand_boxes, cand_scores, cand_img = pred[ri, ci], scores[ri, ci], bi[ri]
+        cand_boxes, cand_scores, cand_img = pred[ri, ci], scores[ri, ci], image_index[ri]
         kept = batched_nms(cand_boxes, cand_scores, cand_img * k + ci, s.nms_threshold)
         order, _ = top_per_image(cand_img[kept], b, s.detections_per_image)
         kept = kept[order]
         img = cand_img[kept]
-        det = Detections(cand_boxes[kept], cand_scores[kept], ci[kept], img, torch.bincount(img, minlength=b))
-        if self.mask_head is not None:
-            det_rois = torch.cat([img[:, None].to(det.boxes.dtype), det.boxes], 1)
-            det.mask_probs = self._mask_logits(features, det_rois, det.labels).sigmoid()
-        return det
+        return Detections(cand_boxes[kept], cand_scores[kept], ci[kept], img, torch.bincount(img, minlength=b))

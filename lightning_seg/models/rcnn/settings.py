@@ -75,6 +75,7 @@ class RoIHeadsSettings:
         mask_on: predict masks (False: Faster R-CNN).
         mask_head_dims, mask_head_norm, class_agnostic_mask: mask head.
         mask_target_threshold: binarise the RoIAlign'd targets (None: soft, torchvision).
+        mask_target_aligned: RoIAlign half-pixel offset of the targets (torchvision False).
         score_threshold, nms_threshold, detections_per_image, min_box_size: inference.
         crowd_ioa_threshold: non-foreground RoIs this much inside a crowd box are not sampled.
         paste_mode, mask_threshold: pasting the 28x28 masks into the image.
@@ -103,6 +104,7 @@ class RoIHeadsSettings:
     mask_head_norm: Norm = "none"
     class_agnostic_mask: bool = False
     mask_target_threshold: float | None = 0.5
+    mask_target_aligned: bool = True
     score_threshold: float = 0.05
     nms_threshold: float = 0.5
     detections_per_image: int = 100
@@ -150,7 +152,7 @@ def torchvision_settings(version: TorchvisionVersion = "v1") -> dict[str, Any]:
     rpn = RPNSettings(conv_depth=2 if v2 else 1, min_box_size=1e-3, round_anchors=True,
                       anchor_stride_from_sizes=True, smooth_l1_beta=1.0 / 9, post_nms_topk_train=2000)
     roi = RoIHeadsSettings(sampling_ratio=2, aligned=False, min_box_size=1e-2, paste_mode="torchvision",
-                           mask_target_threshold=None, smooth_l1_beta=1.0 / 9,
+                           mask_target_threshold=None, mask_target_aligned=False, smooth_l1_beta=1.0 / 9,
                            box_head_convs=4 if v2 else 0, box_head_fcs=1 if v2 else 2,
                            box_head_norm="BN" if v2 else "none", mask_head_norm="BN" if v2 else "none")
     return dict(backbone="resnet50", backbone_source="torchvision", freeze_bn=not v2,
