@@ -72,6 +72,7 @@ def match_boxes(
     high: float,
     low: float,
     allow_low_quality: bool = False,
+    padding_is_empty: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Match every box to its best ground truth and label it foreground / background / ignored.
 
@@ -83,6 +84,8 @@ def match_boxes(
         low: IoU below which a box is background (``low == high``: nothing is ignored).
         allow_low_quality: also make foreground every box of highest IoU with some ground truth
             (ties included, as detectron2; a ground truth that overlaps nothing adds none).
+        padding_is_empty: the padded ground truth already has IoU 0 with every box (an empty
+            box), which saves a pass over ``iou``.
 
     Returns:
         ``(matches, labels)``: int64 ``[B, A]`` index of the best ground truth (0 where there is
@@ -92,7 +95,8 @@ def match_boxes(
     if g == 0:
         return (torch.zeros(b, a, dtype=torch.int64, device=iou.device),
                 torch.zeros(b, a, dtype=torch.int8, device=iou.device))
-    iou = iou.masked_fill(~gt_valid[:, :, None], -1.0)
+    if not padding_is_empty:
+        iou = iou.masked_fill(~gt_valid[:, :, None], -1.0)
     best, matches = iou.max(dim=1)
     labels = torch.full((b, a), -1, dtype=torch.int8, device=iou.device)
     labels[best < low] = 0

@@ -1,10 +1,11 @@
 """Paste fixed-size RoI masks (Mask R-CNN's 28x28) into full images, all masks at once.
 
-Bilinear resampling is separable: mask ``i`` pasted into an ``H x W`` image is
-``Wy_i @ m_i @ Wx_i^T`` with ``Wy_i`` ``[H, S]`` and ``Wx_i`` ``[W, S]`` the 1-D interpolation
-weights of its box. Two batched matrix products per chunk of masks replace torchvision's
-per-mask Python loop (``paste_masks_in_image``) and detectron2's full-image ``grid_sample``;
-memory is bounded by pasting ``max_bytes`` worth of output at a time.
+Bilinear resampling is separable: mask ``i`` pasted into a window of the image is
+``Wy_i @ m_i @ Wx_i^T`` with ``Wy_i`` ``[h, S]`` and ``Wx_i`` ``[w, S]`` the 1-D interpolation
+weights of its box. Masks are grouped by box size and each group is resampled by two batched
+matrix products over its largest window, then scattered into the zero image: this replaces
+torchvision's per-mask Python loop (``paste_masks_in_image``) and detectron2's full-image
+``grid_sample``, and memory is bounded by ``max_bytes`` of windows at a time.
 
 Two conventions, selected by ``mode``:
 
@@ -28,22 +29,29 @@ __all__ = ["PasteMode", "paste_masks"]
 PasteMode = Literal["detectron2", "torchvision"]
 
 
-def _axis_weights(start: Tensor, length: Tensor, size: int, src: int, clamp: bool, inside: Tensor | None) -> Tensor:
-    """``[N, size, src]`` bilinear weights of output pixels ``0..size-1`` on source pixels ``0..src-1``.
+def _axis_weights(x: Tensor, start: Tensor, length: Tensor, src: int, clamp: bool, box_only: bool) -> Tensor:
+    """``[N, n, src]`` bilinear weights of output pixels ``x`` (float ``[N, n]``) on source pixels.
 
-    ``start``/``length``: float ``[N]`` where the source spans in output pixels; output pixel
-    ``x`` reads source coordinate ``(x + 0.5 - start) / length * src - 0.5``.
+    ``start``/``length``: float ``[N]`` where the source spans in output pixels; pixel ``x`` reads
+    source coordinate ``(x + 0.5 - start) / length * src - 0.5`` (edge-clamped with ``clamp``;
+    zero outside ``[start, start + length)`` with ``box_only``).
     """
-    x = torch.arange(size, device=start.device, dtype=start.dtype)
-    scale = src / length
-    u = (x[None, :] + 0.5 - start[:, None]) * scale[:, None] - 0.5
+    u = (x + 0.5 - start[:, None]) * (src / length)[:, None] - 0.5
     if clamp:
         u = u.clamp(0, src - 1)
-    taps = torch.arange(src, device=start.device, dtype=start.dtype)
+    taps = torch.arange(src, device=x.device, dtype=x.dtype)
     w = (1 - (u[:, :, None] - taps).abs()).clamp(min=0)
-    if inside is not None:
-        w = w * inside[:, :, None]
+    if box_only:
+        inside = (x >= start[:, None]) & (x < (start + length)[:, None])
+        w = w * inside[:, :, None].to(w.dtype)
     return w
+
+
+def _windows(lo: Tensor, hi: Tensor, size: int) -> tuple[Tensor, int]:
+    """Integer window origins ``[N]`` and one common length covering ``[lo, hi)`` inside ``[0, size)``."""
+    lo, hi = lo.floor().clamp(0, size), hi.ceil().clamp(0, size)
+    length = max(1, min(size, int((hi - lo).max())))
+    return lo.clamp(max=size - length), length
 
 
 def paste_masks(
@@ -52,9 +60,12 @@ def paste_masks(
     image_size: tuple[int, int],
     threshold: float | None = 0.5,
     mode: PasteMode = "detectron2",
-    max_bytes: int = 1 << 28,
+    max_bytes: int = 1 << 26,
 ) -> Tensor:
     """Paste each mask into its box of an ``H x W`` image.
+
+    Only a window around each box is computed: masks are grouped by box size, and every group
+    is resampled in one pair of batched matrix products over its largest window.
 
     Args:
         masks: float ``[N, S, S]`` mask probabilities in box coordinates.
@@ -62,7 +73,7 @@ def paste_masks(
         image_size: ``(H, W)`` of the output.
         threshold: return ``probability >= threshold`` as bool; ``None`` returns the probabilities.
         mode: ``"detectron2"`` or ``"torchvision"`` resampling (see the module docstring).
-        max_bytes: bound on the float output pasted at once.
+        max_bytes: bound on the float windows resampled at once.
 
     Returns:
         bool (or float with ``threshold=None``) ``[N, H, W]``.
@@ -85,25 +96,37 @@ def paste_masks(
         ibox = torch.cat([centre - half, centre + half], dim=1).trunc()
         start = ibox[:, :2]
         length = (ibox[:, 2:] - ibox[:, :2] + 1).clamp(min=1)
+        lo, hi = start, start + length
         clamp = True
     elif mode == "detectron2":
         start = boxes[:, :2]
         length = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-6)
+        src = masks.shape[-1]
+        # beyond half a source pixel outside the box every tap weight is zero
+        margin = length / (2 * src) + 1
+        lo, hi = start - margin, start + length + margin
         clamp = False
     else:
         raise ValueError(f"paste mode must be 'detectron2' or 'torchvision', got {mode!r}")
     src = masks.shape[-1]
-    per_chunk = max(1, max_bytes // (4 * h * w))
-    for i in range(0, n, per_chunk):
-        j = min(i + per_chunk, n)
-        inside_x = inside_y = None
-        if clamp:  # zero outside the integer box (the clamped weights would smear the edge)
-            xs = torch.arange(w, device=masks.device, dtype=masks.dtype)
-            ys = torch.arange(h, device=masks.device, dtype=masks.dtype)
-            inside_x = ((xs >= start[i:j, 0:1]) & (xs < start[i:j, 0:1] + length[i:j, 0:1])).to(masks.dtype)
-            inside_y = ((ys >= start[i:j, 1:2]) & (ys < start[i:j, 1:2] + length[i:j, 1:2])).to(masks.dtype)
-        wx = _axis_weights(start[i:j, 0], length[i:j, 0], w, src, clamp, inside_x)
-        wy = _axis_weights(start[i:j, 1], length[i:j, 1], h, src, clamp, inside_y)
-        pasted = torch.bmm(torch.bmm(wy, masks[i:j]), wx.transpose(1, 2))
-        out[i:j] = pasted >= threshold if threshold is not None else pasted
+    extent = (hi - lo).amax(1)
+    order = torch.argsort(extent, descending=True)
+    flat = out.view(n, h * w)
+    i = 0
+    while i < n:
+        # the largest window of the group bounds its size: grow the group while it fits
+        big = float(extent[order[min(n - 1, i)]])
+        count = max(1, int(max_bytes // (4 * (big + 2) ** 2)))
+        idx = order[i:i + count]
+        i += count
+        oy, wh_y = _windows(lo[idx, 1], hi[idx, 1], h)
+        ox, wh_x = _windows(lo[idx, 0], hi[idx, 0], w)
+        ys = oy[:, None] + torch.arange(wh_y, device=masks.device, dtype=masks.dtype)
+        xs = ox[:, None] + torch.arange(wh_x, device=masks.device, dtype=masks.dtype)
+        wy = _axis_weights(ys, start[idx, 1], length[idx, 1], src, clamp, clamp)
+        wx = _axis_weights(xs, start[idx, 0], length[idx, 0], src, clamp, clamp)
+        window = torch.bmm(torch.bmm(wy, masks[idx]), wx.transpose(1, 2))
+        pos = (ys.long()[:, :, None] * w + xs.long()[:, None, :]).view(len(idx), -1)
+        values = window.view(len(idx), -1)
+        flat[idx[:, None], pos] = values >= threshold if threshold is not None else values
     return out

@@ -67,6 +67,21 @@ def multiscale_roi_align(
     return out
 
 
+def _crop_windows(masks: Tensor, mask_boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """Masks cut to one common window size around their boxes, and each window's ``(x0, y0)``."""
+    h, w = masks.shape[-2:]
+    lo = (mask_boxes[:, :2].floor() - 1).clamp(min=0)
+    hi = mask_boxes[:, 2:].ceil() + 1
+    ww = max(1, min(w, int((hi[:, 0] - lo[:, 0]).max())))
+    wh = max(1, min(h, int((hi[:, 1] - lo[:, 1]).max())))
+    x0 = lo[:, 0].clamp(max=w - ww).long()
+    y0 = lo[:, 1].clamp(max=h - wh).long()
+    rows = y0[:, None] + torch.arange(wh, device=masks.device)
+    cols = x0[:, None] + torch.arange(ww, device=masks.device)
+    g = torch.arange(masks.shape[0], device=masks.device)
+    return masks[g[:, None, None], rows[:, :, None], cols[:, None, :]], torch.stack([x0, y0], 1)
+
+
 def crop_mask_targets(
     masks: Tensor,
     boxes: Tensor,
@@ -75,6 +90,7 @@ def crop_mask_targets(
     aligned: bool = True,
     threshold: float | None = 0.5,
     max_elements: int = 1 << 26,
+    mask_boxes: Tensor | None = None,
 ) -> Tensor:
     """Each RoI's ground-truth mask, cropped to the RoI and resized (Mask R-CNN mask targets).
 
@@ -87,6 +103,10 @@ def crop_mask_targets(
         threshold: binarise at ``>= threshold`` (detectron2); ``None`` keeps the soft values
             (torchvision).
         max_elements: at most this many mask pixels are converted to float at once.
+        mask_boxes: float ``[G, 4]`` xyxy boxes of the masks (every pixel of mask ``g`` inside
+            box ``g``, x2/y2 exclusive): only a window around each box, one pixel wider on each
+            side, is read and converted to float (zero ring, so the samples outside equal the
+            full mask's; same values up to float rounding of the shifted coordinates).
 
     Returns:
         float ``[R, M, M]``.
@@ -94,6 +114,9 @@ def crop_mask_targets(
     out = boxes.new_zeros(boxes.shape[0], output_size, output_size)
     if boxes.shape[0] == 0:
         return out
+    if mask_boxes is not None and masks.shape[0]:
+        masks, origin = _crop_windows(masks, mask_boxes)
+        boxes = boxes - origin[mask_index].repeat(1, 2).to(boxes.dtype)
     per_chunk = max(1, max_elements // max(1, masks.shape[-1] * masks.shape[-2]))
     for start in range(0, masks.shape[0], per_chunk):
         stop = min(start + per_chunk, masks.shape[0])

@@ -38,7 +38,9 @@ class RCNNModule(SegTask):
         roi_heads: :class:`~lightning_seg.models.rcnn.settings.RoIHeadsSettings` fields, e.g.
             ``--model.roi_heads.batch_size_per_image 64``.
         torchvision_weights: a local torchvision ``maskrcnn_resnet50_fpn`` (or ``_v2``) state dict
-            to start from (same number of classes); the architecture arguments must match it.
+            to start from; the architecture arguments must match it.
+        torchvision_class_ids: torchvision label of each class (COCO: the category ids, since
+            torchvision's COCO models have 91 labels); default labels ``1..K``.
         **kwargs: :class:`~lightning_seg.tasks.base.SegTask` arguments.
     """
 
@@ -59,6 +61,7 @@ class RCNNModule(SegTask):
         rpn: RPNSettings | None = None,
         roi_heads: RoIHeadsSettings | None = None,
         torchvision_weights: str | None = None,
+        torchvision_class_ids: list[int] | None = None,
         optimizer: Literal["adamw", "sgd"] = "sgd",
         lr: float = 0.02,
         weight_decay: float = 1e-4,
@@ -89,7 +92,7 @@ class RCNNModule(SegTask):
             rpn=hp.rpn, roi_heads=hp.roi_heads,
         )
         if hp.torchvision_weights:
-            load_torchvision_weights(self.model, hp.torchvision_weights)
+            load_torchvision_weights(self.model, hp.torchvision_weights, hp.torchvision_class_ids)
 
     def available_kinds(self) -> tuple[Kind, ...]:
         return ("instance",)

@@ -8,13 +8,15 @@ resize is switched off (our data layer resizes), so both see the same pixels.
 Printed, as medians over alternating rounds, with the ratio ours / torchvision:
 
 * ``train step``: forward with losses + backward; ``peak memory`` of one step (CUDA: max
-  allocated; CPU: growth of the process's peak RSS, each side in a fresh subprocess);
+  allocated; CPU: peak RSS during the step over the RSS before it, the peak reset through
+  ``/proc/self/clear_refs``; each side in a fresh subprocess);
 * ``inference``: forward + masks pasted at the original size;
 * the parts that are not the network, each timed alone on both sides from the same network
   outputs: anchor matching + sampling (+ box targets), proposal selection (decode, clip, NMS,
   top-k), RoI matching + sampling + box and mask targets, detection post-processing + pasting.
 
     python scripts/benchmarks/rcnn.py                 # CPU, 640x640, 3 rounds
+    python scripts/benchmarks/rcnn.py --nchw          # ours in torchvision's memory format
     python scripts/benchmarks/rcnn.py --device cuda --rounds 10
 """
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,11 @@ import torch
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 
-from lightning_seg.models.rcnn import box_targets_from_batch, mask_rcnn_from_torchvision  # noqa: E402
+from lightning_seg.models.rcnn import (  # noqa: E402
+    box_targets_from_batch,
+    mask_rcnn_from_torchvision,
+    torchvision_settings,
+)
 from lightning_seg.ops.box_matching import sample_balanced  # noqa: E402
 from lightning_seg.ops.roi_pooling import crop_mask_targets  # noqa: E402
 from lightning_seg.structures import collate  # noqa: E402
@@ -43,7 +48,9 @@ def torchvision_model(num_classes: int):
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
     torch.manual_seed(0)
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes + 1)
+    # score threshold 0: 100 detections per image on both sides, as a trained model gives
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes + 1,
+                                  box_score_thresh=0.0)
     from lightning_seg.models.backbone import _freeze_batchnorm
 
     _freeze_batchnorm(model.backbone.body)  # what torchvision builds when it loads pretrained weights
@@ -95,7 +102,10 @@ def timed(fn, device: str) -> float:
 
 def build(args):
     tv = torchvision_model(args.num_classes).to(args.device)
-    ours = mask_rcnn_from_torchvision(tv.state_dict(), "v1").to(args.device)
+    settings = torchvision_settings("v1")["roi_heads"]
+    settings.score_threshold = 0.0
+    ours = mask_rcnn_from_torchvision(tv.state_dict(), "v1", roi_heads=settings,
+                                      channels_last=not args.nchw).to(args.device)
     return tv, ours
 
 
@@ -151,8 +161,11 @@ def non_network_parts(tv, ours, inputs, device) -> dict[str, tuple[Any, Any]]:
         tv_deltas = torch.cat(deltas, 1).reshape(-1, 4)
         all_anchors = torch.cat(anchors)
 
+        feature_sizes = [tuple(f.shape[-2:]) for f in feats]
+
         def ours_anchor_targets():
-            matches, labels = ours.rpn.label_anchors(all_anchors, box_targets)
+            iou = ours.rpn.anchors.iou(box_targets.boxes.reshape(-1, 4), feature_sizes, padded)
+            matches, labels = ours.rpn.label_anchors(all_anchors, box_targets, iou)
             pos, _ = sample_balanced(labels, 256, 0.5)
             bi, ai = torch.nonzero(pos, as_tuple=True)
             ours.rpn.box_coder.encode_single(box_targets.boxes[bi, matches[bi, ai]], all_anchors[ai])
@@ -181,7 +194,8 @@ def non_network_parts(tv, ours, inputs, device) -> dict[str, tuple[Any, Any]]:
             bi, boxes, classes, gt, fg = ours.roi_heads.sample_proposals(props, valid, box_targets)
             fi = torch.nonzero(fg).squeeze(1)
             ours.roi_heads.box_coder.encode_single(box_targets.boxes[bi[fi], gt[fi]], boxes[fi])
-            crop_mask_targets(box_targets.masks, boxes[fi], box_targets.mask_index[bi[fi], gt[fi]], 28, False, None)
+            crop_mask_targets(box_targets.masks, boxes[fi], box_targets.mask_index[bi[fi], gt[fi]], 28, False, None,
+                              mask_boxes=box_targets.boxes[box_targets.valid])
 
         def tv_roi_targets():
             p, matched, labels, _ = tv.roi_heads.select_training_samples([x.clone() for x in tv_props], tv_targets)
@@ -196,8 +210,7 @@ def non_network_parts(tv, ours, inputs, device) -> dict[str, tuple[Any, Any]]:
         bi, pi = torch.nonzero(valid, as_tuple=True)
         boxes = props[bi, pi]
         rois = torch.cat([bi[:, None].float(), boxes], 1)
-        cls_logits, box_deltas = ours.roi_heads.box_predictor(ours.roi_heads.box_head(
-            ours.roi_heads._pool(feats[:4], rois, 7)))
+        cls_logits, box_deltas = ours.roi_heads._box_outputs(feats[:4], rois)
         det = ours.roi_heads.select_detections(cls_logits, box_deltas, boxes, bi, sizes)
         det_rois = torch.cat([det.image_index[:, None].float(), det.boxes], 1)
         mask_logits_all = ours.roi_heads.mask_head(ours.roi_heads._pool(feats[:4], det_rois, 14))
@@ -231,9 +244,18 @@ def non_network_parts(tv, ours, inputs, device) -> dict[str, tuple[Any, Any]]:
 def peak_memory(side: str, args) -> float:
     """MiB of one training step (CUDA max allocated; CPU peak-RSS growth in a fresh process)."""
     cmd = [sys.executable, __file__, "--memory-side", side, "--size", str(args.size), "--instances",
-           str(args.instances), "--device", args.device, "--num-classes", str(args.num_classes)]
+           str(args.instances), "--device", args.device, "--num-classes", str(args.num_classes)] + \
+        (["--nchw"] if args.nchw else [])
     return float(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
                             .splitlines()[-1])["mib"])
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def memory_child(args) -> None:
@@ -248,9 +270,12 @@ def memory_child(args) -> None:
         step()
         mib = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # reset the peak RSS (Linux clear_refs), so the step's own peak is measured
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_kib("VmRSS")
         step()
-        mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        mib = (_status_kib("VmHWM") - base) / 1024
     print(json.dumps({"mib": mib}))
 
 
@@ -261,6 +286,8 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=20)
     parser.add_argument("--num-classes", type=int, default=80)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--nchw", action="store_true", help="our model in torchvision's NCHW memory format "
+                        "(default: channels-last, the model's default)")
     parser.add_argument("--memory-side", choices=["ours", "tv"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_side:
@@ -289,7 +316,8 @@ def main() -> None:
     for name, (o, t) in parts.items():
         measure(name, lambda o=o: o(), lambda t=t: t(), max(args.rounds, 5))
     print(f"device {args.device}, torch {torch.__version__}, images 2x{args.size}x{args.size}, "
-          f"{args.instances} instances each, {args.num_classes} classes")
+          f"{args.instances} instances each, {args.num_classes} classes, ours "
+          f"{'NCHW' if args.nchw else 'channels-last'}")
     print("| part | ours (s) | torchvision (s) | ratio |")
     print("|---|---|---|---|")
     total_o = total_t = 0.0

@@ -115,3 +115,16 @@ def test_settings_are_checked_and_stored_as_plain_dicts():
     torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, buffer)
     buffer.seek(0)
     assert torch.load(buffer, weights_only=True)["hyper_parameters"]["rpn"]["post_nms_topk_train"] == 30
+
+
+@pytest.mark.parametrize("torchvision_style", [False, True])
+def test_anchor_grid_iou_equals_box_iou(torchvision_style):
+    from lightning_seg.models.rcnn import AnchorGrid
+
+    grid = AnchorGrid(((16,), (32,), (64,)), (0.5, 1.0, 2.0), (4, 8, 16), round_cells=torchvision_style,
+                      stride_from_sizes=torchvision_style)
+    sizes, padded = [(12, 13), (6, 7), (3, 4)], (48, 52)
+    anchors = torch.cat(grid(sizes, padded))
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.cat([random_boxes(7, g, 40), torch.zeros(1, 4)])
+    torch.testing.assert_close(grid.iou(boxes, sizes, padded), box_iou(boxes, anchors).nan_to_num())

@@ -113,3 +113,23 @@ def test_wrong_checkpoint_names_file_and_keys(tmp_path):
         load_torchvision_weights(model, path)
     with pytest.raises(ValueError, match="has 5 classes.*has 3"):
         load_torchvision_weights(MaskRCNN(3, **torchvision_settings("v1")), path)
+
+
+def test_class_ids_pick_and_reorder_torchvision_classes():
+    tv = torchvision_model("v1")
+    images, batch, sizes = inputs()
+    settings = torchvision_settings("v1")
+    settings["roi_heads"].score_threshold = 0.01
+    full = mask_rcnn_from_torchvision(tv.state_dict(), "v1", roi_heads=settings["roi_heads"]).eval()
+    picked = MaskRCNN(2, **settings)
+    from lightning_seg.models.rcnn import load_torchvision_weights
+
+    load_torchvision_weights(picked, tv.state_dict(), class_ids=[4, 2]).eval()
+    state, sub = full.state_dict(), picked.state_dict()
+    # our class 0 = torchvision label 4 = full model's class 3; background stays last
+    assert torch.equal(sub["roi_heads.box_predictor.cls_score.weight"][0], state["roi_heads.box_predictor.cls_score.weight"][3])
+    assert torch.equal(sub["roi_heads.box_predictor.cls_score.weight"][2], state["roi_heads.box_predictor.cls_score.weight"][K])
+    assert torch.equal(sub["roi_heads.box_predictor.bbox_pred.weight"][4:8], state["roi_heads.box_predictor.bbox_pred.weight"][4:8])
+    assert torch.equal(sub["roi_heads.mask_head.predictor.weight"][0], state["roi_heads.mask_head.predictor.weight"][3])
+    with pytest.raises(ValueError, match="class_ids"):
+        load_torchvision_weights(MaskRCNN(2, **settings), tv.state_dict(), class_ids=[4, 9])

@@ -100,3 +100,22 @@ def test_crop_resize_paste_round_trip_keeps_blobs(mode, aligned, min_iou):
 def test_paste_of_no_masks():
     out = paste_masks(torch.zeros(0, 28, 28), torch.zeros(0, 4), (10, 12))
     assert out.shape == (0, 10, 12) and out.dtype == torch.bool
+
+
+def test_mask_targets_from_windows_around_the_boxes_equal_full_masks():
+    g = torch.Generator().manual_seed(5)
+    h, w = 70, 90
+    masks = torch.zeros(6, h, w, dtype=torch.bool)
+    for i in range(6):  # blobs, two touching the image border
+        y0, x0 = (0, 0) if i == 0 else (int(torch.randint(0, h - 20, (1,), generator=g)), int(torch.randint(0, w - 25, (1,), generator=g)))
+        y1, x1 = (h, 30) if i == 1 else (y0 + 20, x0 + 25)
+        masks[i, y0:y1, x0:x1] = torch.rand(y1 - y0, x1 - x0, generator=g) > 0.3
+    ys, xs = masks.any(2), masks.any(1)
+    mask_boxes = torch.stack([xs.float().argmax(1), ys.float().argmax(1), w - xs.flip(1).float().argmax(1),
+                              h - ys.flip(1).float().argmax(1)], 1).float()
+    index = torch.randint(0, 6, (15,), generator=g)
+    rois = mask_boxes[index] + torch.randn(15, 4, generator=g) * 4
+    for aligned in (True, False):
+        full = crop_mask_targets(masks, rois, index, 28, aligned, None)
+        windowed = crop_mask_targets(masks, rois, index, 28, aligned, None, mask_boxes=mask_boxes)
+        torch.testing.assert_close(windowed, full, atol=1e-5, rtol=0)

@@ -35,7 +35,9 @@ class MaskRCNN(nn.Module):
         fpn_norm: normalisation in the FPN (torchvision v2: BN).
         rpn: :class:`~lightning_seg.models.rcnn.settings.RPNSettings` (or a mapping of its fields).
         roi_heads: :class:`~lightning_seg.models.rcnn.settings.RoIHeadsSettings` (or a mapping).
-        pixel_mean, pixel_std: backbone normalisation of ``[0, 1]`` RGB inputs.
+        channels_last: run the backbone, the FPN and the RoI heads' convs in channels-last
+            memory format (faster convolutions on CPU and with cuDNN; same arithmetic up to
+            float rounding).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class MaskRCNN(nn.Module):
         fpn_norm: Norm = "none",
         rpn: RPNSettings | dict[str, Any] | None = None,
         roi_heads: RoIHeadsSettings | dict[str, Any] | None = None,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -67,6 +70,9 @@ class MaskRCNN(nn.Module):
         rpn_kwargs = {k: v for k, v in vars(rpn_s).items() if k != "loss_weight"}
         self.rpn = RegionProposalNetwork(fpn_channels, self.fpn.strides, **rpn_kwargs)
         self.roi_heads = RoIHeads(fpn_channels, self.fpn.strides[:4], num_classes, roi_s)
+        self.channels_last = self.roi_heads.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @property
     def settings(self) -> RoIHeadsSettings:
@@ -74,8 +80,11 @@ class MaskRCNN(nn.Module):
         return self.roi_heads.settings
 
     def features(self, images: Tensor) -> list[Tensor]:
-        """FPN levels P2-P6, float ``[B, C, ceil(H / s), ceil(W / s)]`` for s = 4..64."""
-        return self.fpn(self.backbone(images)[-4:])
+        """FPN levels P2-P6, float ``[B, C, ceil(H / s), ceil(W / s)]`` for s = 4..64 (contiguous)."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        # roi_align reads contiguous maps: convert once here rather than in every call
+        return [f.contiguous() for f in self.fpn(self.backbone(images)[-4:])]
 
     def forward(self, images: Tensor, image_sizes: Tensor, targets: BoxTargets | None = None) -> dict[str, Tensor] | Detections:
         """Losses (with ``targets``) or detections.

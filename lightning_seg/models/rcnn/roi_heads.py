@@ -71,10 +71,17 @@ class RoIHeads(nn.Module):
         self.mask_head = mask_head if mask_head is not None or not s.mask_on else MaskHead(
             in_channels, num_classes, s.mask_head_dims, s.mask_head_norm, s.class_agnostic_mask)
         self.box_coder = BoxCoder(tuple(s.box_weights))
+        self.channels_last = False
+        """Feed the conv heads channels-last RoI features (set by the model with its weights)."""
 
-    def _pool(self, features: Sequence[Tensor], rois: Tensor, size: int) -> Tensor:
-        return multiscale_roi_align(features, rois, self.strides, size, self.settings.sampling_ratio,
-                                    self.settings.aligned)
+    def _pool(self, features: Sequence[Tensor], rois: Tensor, size: int, convs: bool = True) -> Tensor:
+        pooled = multiscale_roi_align(features, rois, self.strides, size, self.settings.sampling_ratio,
+                                      self.settings.aligned)
+        return pooled.contiguous(memory_format=torch.channels_last) if self.channels_last and convs else pooled
+
+    def _box_outputs(self, features: Sequence[Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
+        convs = getattr(self.box_head, "num_convs", 1) > 0
+        return self.box_predictor(self.box_head(self._pool(features, rois, self.settings.box_resolution, convs)))
 
     def _mask_logits(self, features: Sequence[Tensor], rois: Tensor, labels: Tensor) -> Tensor:
         logits = self.mask_head(self._pool(features, rois, self.settings.mask_resolution))
@@ -119,7 +126,7 @@ class RoIHeads(nn.Module):
         s = self.settings
         bi, boxes, classes, gt, fg = self.sample_proposals(proposals, valid, targets)
         rois = torch.cat([bi[:, None].to(boxes.dtype), boxes], 1)
-        logits, deltas = self.box_predictor(self.box_head(self._pool(features, rois, s.box_resolution)))
+        logits, deltas = self._box_outputs(features, rois)
         loss_cls = F.cross_entropy(logits, classes)
         fi = torch.nonzero(fg).squeeze(1)
         deltas = deltas.view(deltas.shape[0], -1, 4)
@@ -135,7 +142,8 @@ class RoIHeads(nn.Module):
             else:
                 mask_targets = crop_mask_targets(targets.masks, boxes[fi], targets.mask_index[bi[fi], gt[fi]],
                                                  mask_logits.shape[-1], aligned=s.mask_target_aligned,
-                                                 threshold=s.mask_target_threshold)
+                                                 threshold=s.mask_target_threshold,
+                                                 mask_boxes=targets.boxes[targets.valid])
                 loss_mask = F.binary_cross_entropy_with_logits(mask_logits, mask_targets)
             out["loss_mask"] = loss_mask * s.mask_loss_weight
         return out
@@ -154,7 +162,7 @@ class RoIHeads(nn.Module):
         bi, pi = torch.nonzero(valid, as_tuple=True)
         boxes = proposals[bi, pi]
         rois = torch.cat([bi[:, None].to(boxes.dtype), boxes], 1)
-        logits, deltas = self.box_predictor(self.box_head(self._pool(features, rois, s.box_resolution)))
+        logits, deltas = self._box_outputs(features, rois)
         det = self.select_detections(logits, deltas, boxes, bi, image_sizes)
         if self.mask_head is not None:
             det_rois = torch.cat([det.image_index[:, None].to(det.boxes.dtype), det.boxes], 1)
@@ -166,29 +174,60 @@ class RoIHeads(nn.Module):
                           image_sizes: Tensor) -> Detections:
         """Box-head outputs of the RoIs of a batch -> thresholded, suppressed, top-k detections.
 
+        The same detections as suppressing every (RoI, class) candidate above the score
+        threshold (torchvision, detectron2), from far fewer boxes: greedy NMS decides a box
+        from the higher-scored boxes of its group only, so NMS over each image's ``M``
+        highest-scored candidates keeps exactly the full run's decisions for them; once at
+        least ``detections_per_image`` of them survive (or ``M`` covers every candidate) the
+        top detections are final. ``M`` starts at ``4 * detections_per_image`` and grows by 4x
+        for the images that need it.
+
         Args:
             logits: float ``[R, K + 1]``; deltas: float ``[R, 4K]`` (or ``[R, 4]``).
-            boxes: float ``[R, 4]`` the RoIs; image_index: int64 ``[R]``.
+            boxes: float ``[R, 4]`` the RoIs, grouped by image; image_index: int64 ``[R]``.
             image_sizes: int64 ``[B, 2]``.
 
         Returns:
             :class:`Detections` without masks.
         """
         s, k = self.settings, self.num_classes
-        b = image_sizes.shape[0]
+        b, r = image_sizes.shape[0], boxes.shape[0]
         scores = F.softmax(logits, -1)[:, :k]
-        pred = self.box_coder.decode_single(deltas, boxes).view(boxes.shape[0], -1, 4)
-        if pred.shape[1] == 1:
-            pred = pred.expand(-1, k, -1)
-        hw = image_sizes[image_index].to(pred.dtype)
-        upper = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1)[:, None, :]
-        pred = torch.minimum(pred.clamp(min=0), upper)
-        wh = pred[..., 2:] - pred[..., :2]
-        keep = (scores > s.score_threshold) & (wh > s.min_box_size).all(-1) & torch.isfinite(pred).all(-1)
-        ri, ci = torch.nonzero(keep, as_tuple=True)
-        cand_boxes, cand_scores, cand_img = pred[ri, ci], scores[ri, ci], image_index[ri]
-        kept = batched_nms(cand_boxes, cand_scores, cand_img * k + ci, s.nms_threshold)
+        counts = torch.bincount(image_index, minlength=b)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(r, device=boxes.device) - starts[image_index]
+        width = int(counts.max()) * k if r else 0
+        # per-image rows of candidate scores, -1 where there is none
+        table = scores.new_full((b, max(width, 1)), -1.0)
+        cols = (rank[:, None] * k + torch.arange(k, device=boxes.device)).reshape(-1)
+        table[image_index.repeat_interleave(k), cols] = scores.reshape(-1)
+        table = table.masked_fill(table <= s.score_threshold, -1.0)
+        available = (table >= 0).sum(1)
+        m = min(table.shape[1], 4 * s.detections_per_image)
+        deltas = deltas.view(r, -1, 4)
+        while True:
+            top, idx = table.topk(m, dim=1)
+            bi, j = torch.nonzero(top >= 0, as_tuple=True)
+            # back to (image, RoI, class) order: NMS breaks score ties by input order
+            back = torch.argsort(bi * table.shape[1] + idx[bi, j])
+            bi, j = bi[back], j[back]
+            flat = idx[bi, j]
+            roi = starts[bi] + torch.div(flat, k, rounding_mode="floor")
+            cls = flat % k
+            d = deltas[roi, cls if deltas.shape[1] > 1 else torch.zeros_like(cls)]
+            pred = self.box_coder.decode_single(d, boxes[roi])
+            hw = image_sizes[bi].to(pred.dtype)
+            pred = torch.minimum(pred.clamp(min=0), torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1))
+            wh = pred[:, 2:] - pred[:, :2]
+            ok = torch.nonzero((wh > s.min_box_size).all(1) & torch.isfinite(pred).all(1)).squeeze(1)
+            cand_boxes, cand_scores, cand_cls, cand_img = pred[ok], top[bi, j][ok], cls[ok], bi[ok]
+            kept = batched_nms(cand_boxes, cand_scores, cand_img * k + cand_cls, s.nms_threshold)
+            per_image = torch.bincount(cand_img[kept], minlength=b)
+            done = (per_image >= s.detections_per_image) | (available <= m)
+            if m >= table.shape[1] or bool(done.all()):
+                break
+            m = min(table.shape[1], m * 4)
         order, _ = top_per_image(cand_img[kept], b, s.detections_per_image)
         kept = kept[order]
         img = cand_img[kept]
-        return Detections(cand_boxes[kept], cand_scores[kept], ci[kept], img, torch.bincount(img, minlength=b))
+        return Detections(cand_boxes[kept], cand_scores[kept], cand_cls[kept], img, torch.bincount(img, minlength=b))

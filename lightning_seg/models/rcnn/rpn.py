@@ -183,29 +183,37 @@ class RegionProposalNetwork(nn.Module):
             (empty without targets).
         """
         logits, deltas = self.head(features)
-        anchors = self.anchors([tuple(f.shape[-2:]) for f in features], padded_size)
+        sizes = [tuple(f.shape[-2:]) for f in features]
+        anchors = self.anchors(sizes, padded_size)
         proposals, valid = self.select_proposals(anchors, logits, deltas, image_sizes)
         losses: dict[str, Tensor] = {}
         if targets is not None:
-            losses = self.losses(torch.cat(anchors), torch.cat(logits, 1), torch.cat(deltas, 1), targets)
+            iou = self.anchors.iou(targets.boxes.reshape(-1, 4), sizes, padded_size)
+            losses = self.losses(torch.cat(anchors), torch.cat(logits, 1), torch.cat(deltas, 1), targets, iou)
         return proposals, valid, losses
 
     @torch.no_grad()
-    def label_anchors(self, anchors: Tensor, targets: BoxTargets) -> tuple[Tensor, Tensor]:
-        """Matched ground truth int64 ``[B, A]`` and labels int8 ``[B, A]`` (1 / 0 / -1) of every anchor."""
+    def label_anchors(self, anchors: Tensor, targets: BoxTargets, iou: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Matched ground truth int64 ``[B, A]`` and labels int8 ``[B, A]`` (1 / 0 / -1) of every anchor.
+
+        ``iou``: float ``[B * G, A]`` IoU of the (padded, flattened) ground truth with the anchors
+        when already computed (e.g. by :meth:`AnchorGrid.iou`).
+        """
         b, g = targets.valid.shape
-        iou = box_iou(targets.boxes.reshape(-1, 4), anchors).view(b, g, -1) if g else \
-            anchors.new_zeros(b, 0, anchors.shape[0])
-        matches, labels = match_boxes(iou, targets.valid, self.positive_iou, self.negative_iou,
-                                      allow_low_quality=True)
+        if iou is None:
+            iou = box_iou(targets.boxes.reshape(-1, 4), anchors)
+        # padded ground truth is the empty box [0, 0, 0, 0]: IoU 0 with every anchor
+        matches, labels = match_boxes(iou.view(b, g, -1), targets.valid, self.positive_iou, self.negative_iou,
+                                      allow_low_quality=True, padding_is_empty=True)
         labels = ignore_crowd_overlaps(labels, anchors, targets.crowd_boxes, targets.crowd_valid,
                                        self.crowd_ioa_threshold)
         return matches, labels
 
-    def losses(self, anchors: Tensor, logits: Tensor, deltas: Tensor, targets: BoxTargets) -> dict[str, Tensor]:
+    def losses(self, anchors: Tensor, logits: Tensor, deltas: Tensor, targets: BoxTargets,
+               iou: Tensor | None = None) -> dict[str, Tensor]:
         """Objectness BCE and box regression over the sampled anchors, both normalised by the
         number of anchors sampled per batch (detectron2)."""
-        matches, labels = self.label_anchors(anchors, targets)
+        matches, labels = self.label_anchors(anchors, targets, iou)
         positive, negative = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction)
         b = logits.shape[0]
         normaliser = float(self.batch_size_per_image * b)

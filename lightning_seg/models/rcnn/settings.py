@@ -144,7 +144,8 @@ def torchvision_settings(version: TorchvisionVersion = "v1") -> dict[str, Any]:
     torchvision's ``maskrcnn_resnet50_fpn`` (``v1``) or ``maskrcnn_resnet50_fpn_v2`` in eval mode.
 
     Returns:
-        ``dict(backbone=..., fpn_norm=..., rpn=RPNSettings, roi_heads=RoIHeadsSettings)``.
+        ``dict(backbone=..., fpn_norm=..., rpn=RPNSettings, roi_heads=RoIHeadsSettings)``, with
+        torchvision's NCHW memory format (``channels_last=False``) for bit-level agreement.
     """
     if version not in ("v1", "v2"):
         raise ValueError(f"torchvision Mask R-CNN version must be 'v1' or 'v2', got {version!r}")
@@ -155,5 +156,5 @@ def torchvision_settings(version: TorchvisionVersion = "v1") -> dict[str, Any]:
                            mask_target_threshold=None, mask_target_aligned=False, smooth_l1_beta=1.0 / 9,
                            box_head_convs=4 if v2 else 0, box_head_fcs=1 if v2 else 2,
                            box_head_norm="BN" if v2 else "none", mask_head_norm="BN" if v2 else "none")
-    return dict(backbone="resnet50", backbone_source="torchvision", freeze_bn=not v2,
+    return dict(backbone="resnet50", backbone_source="torchvision", freeze_bn=not v2, channels_last=False,
                 fpn_norm="BN" if v2 else "none", rpn=rpn, roi_heads=roi)

@@ -19,9 +19,9 @@ def box_targets_from_batch(targets: Sequence[dict[str, Any]], with_masks: bool =
         with_masks: gather the ground-truth masks (mask head).
 
     Returns:
-        :class:`~lightning_seg.models.rcnn.rpn.BoxTargets` with at least one (padded) column
-        each for ground truth and crowd, so every image of the batch has the same shape even
-        without annotations.
+        :class:`~lightning_seg.models.rcnn.rpn.BoxTargets` with at least one (padded, empty-box)
+        ground-truth column, so every image has the same shape even without annotations; no
+        crowd columns when the batch has no crowd region.
     """
     keeps, crowds = [], []
     for t in targets:
@@ -31,7 +31,7 @@ def box_targets_from_batch(targets: Sequence[dict[str, Any]], with_masks: bool =
         crowds.append(torch.nonzero(t["iscrowd"] & nonempty).squeeze(1))
     b = len(targets)
     g = max(1, max(len(k) for k in keeps))
-    c = max(1, max(len(k) for k in crowds))
+    c = max(len(k) for k in crowds)
     device = targets[0]["boxes"].device
     boxes = torch.zeros(b, g, 4, device=device)
     labels = torch.zeros(b, g, dtype=torch.int64, device=device)

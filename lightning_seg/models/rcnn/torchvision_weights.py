@@ -8,6 +8,7 @@ while box regression and masks have no background row at all.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,16 @@ _RENAMES = [
 ]
 
 
+def _select_classes(key: str, value: Tensor, rows: Tensor) -> Tensor:
+    """Keep background and the rows of ``rows`` (torchvision labels) of the class-sized tensors."""
+    keep = torch.cat([torch.zeros(1, dtype=torch.int64), rows])
+    if key.startswith(("roi_heads.box_predictor.cls_score.", "roi_heads.mask_predictor.mask_fcn_logits.")):
+        return value[keep] if value.shape[0] > 1 else value
+    if key.startswith("roi_heads.box_predictor.bbox_pred.") and value.shape[0] > 8:
+        return value.view(-1, 4, *value.shape[1:])[keep].flatten(0, 1)
+    return value
+
+
 def torchvision_num_classes(state: dict[str, Tensor]) -> int:
     """``K`` of a torchvision Mask R-CNN state dict (its classifier has ``K + 1`` rows)."""
     key = "roi_heads.box_predictor.cls_score.weight"
@@ -36,8 +47,19 @@ def torchvision_num_classes(state: dict[str, Tensor]) -> int:
     return int(state[key].shape[0]) - 1
 
 
-def convert_torchvision_mask_rcnn(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Our keys and class layout for a torchvision Mask R-CNN (v1 or v2) state dict."""
+def convert_torchvision_mask_rcnn(state: dict[str, Tensor], class_ids: Sequence[int] | None = None) -> dict[str, Tensor]:
+    """Our keys and class layout for a torchvision Mask R-CNN (v1 or v2) state dict.
+
+    Args:
+        state: torchvision's state dict.
+        class_ids: torchvision label (row, 1-based) of each of our classes, to keep a subset
+            or reorder (COCO: torchvision's labels are the 91 COCO category ids, ours the 80
+            contiguous ids, so ``class_ids`` = the dataset's category id of each class);
+            None keeps labels ``1..K`` as classes ``0..K-1``.
+    """
+    if class_ids is not None:
+        rows = torch.as_tensor(list(class_ids), dtype=torch.int64)
+        state = {k: _select_classes(k, v, rows) for k, v in state.items()}
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         new = key
@@ -53,8 +75,12 @@ def convert_torchvision_mask_rcnn(state: dict[str, Tensor]) -> dict[str, Tensor]
     return out
 
 
-def load_torchvision_weights(model: MaskRCNN, weights: str | Path | dict[str, Tensor]) -> MaskRCNN:
+def load_torchvision_weights(model: MaskRCNN, weights: str | Path | dict[str, Tensor],
+                             class_ids: Sequence[int] | None = None) -> MaskRCNN:
     """Load a torchvision Mask R-CNN state dict (a local file or a dict) into ``model``.
+
+    ``class_ids``: torchvision label of each of the model's classes (see
+    :func:`convert_torchvision_mask_rcnn`); needed when the numbers of classes differ.
 
     Raises ``ValueError`` naming the file and the keys when the state dict does not fit (wrong
     architecture or number of classes). ``num_batches_tracked`` counters are ignored where the
@@ -69,9 +95,15 @@ def load_torchvision_weights(model: MaskRCNN, weights: str | Path | dict[str, Te
         if isinstance(weights, dict) and "model" in weights and isinstance(weights["model"], dict):
             weights = weights["model"]
     k = torchvision_num_classes(weights)
-    if k != model.num_classes:
-        raise ValueError(f"{name}: torchvision model has {k} classes (+ background); the model has {model.num_classes}")
-    converted = convert_torchvision_mask_rcnn(weights)
+    if class_ids is not None:
+        bad = [c for c in class_ids if not 1 <= int(c) <= k]
+        if len(class_ids) != model.num_classes or bad:
+            raise ValueError(f"{name}: class_ids must give one torchvision label in 1..{k} per class "
+                             f"({model.num_classes}); got {len(class_ids)} ids, out of range: {bad[:5]}")
+    elif k != model.num_classes:
+        raise ValueError(f"{name}: torchvision model has {k} classes (+ background); the model has "
+                         f"{model.num_classes} (pass class_ids to pick them)")
+    converted = convert_torchvision_mask_rcnn(weights, class_ids)
     own = model.state_dict()
     converted = {key: v for key, v in converted.items() if key in own or not key.endswith("num_batches_tracked")}
     missing = sorted(set(own) - set(converted))
