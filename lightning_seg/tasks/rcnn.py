@@ -14,7 +14,11 @@ from torch import Tensor
 
 from lightning_seg.metrics.task_metrics import Kind
 from lightning_seg.models.layers import Norm
-from lightning_seg.models.rcnn.settings import RoIHeadsSettings, RPNSettings, settings_dict
+from lightning_seg.models.rcnn.settings import (
+    RoIHeadsSettings,
+    RPNSettings,
+    settings_dict,
+)
 from lightning_seg.models.rcnn.targets import box_targets_from_batch
 from lightning_seg.structures import Batch
 from lightning_seg.tasks.base import SegTask
@@ -81,7 +85,9 @@ class RCNNModule(SegTask):
 
     def configure_models(self) -> None:
         from lightning_seg.models import create_model, model_entry
-        from lightning_seg.models.rcnn.torchvision_weights import load_torchvision_weights
+        from lightning_seg.models.rcnn.torchvision_weights import (
+            load_torchvision_weights,
+        )
 
         hp = self.hparams
         name = model_entry(hp.model, "rcnn", key="model.model").name

@@ -34,14 +34,14 @@ import torch
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 
-from lightning_seg.models.rcnn import (  # noqa: E402
+from lightning_seg.models.rcnn import (
     box_targets_from_batch,
     mask_rcnn_from_torchvision,
     torchvision_settings,
 )
-from lightning_seg.ops.box_matching import sample_balanced  # noqa: E402
-from lightning_seg.ops.roi_pooling import crop_mask_targets  # noqa: E402
-from lightning_seg.structures import collate  # noqa: E402
+from lightning_seg.ops.box_matching import sample_balanced
+from lightning_seg.ops.roi_pooling import crop_mask_targets
+from lightning_seg.structures import collate
 
 
 def torchvision_model(num_classes: int):
@@ -143,9 +143,12 @@ def inference_steps(tv, ours, inputs, device):
 def non_network_parts(tv, ours, inputs, device) -> dict[str, tuple[Any, Any]]:
     """``name -> (ours, torchvision)`` closures over precomputed network outputs."""
     from torchvision.models.detection.image_list import ImageList
-    from torchvision.models.detection.roi_heads import maskrcnn_inference, project_masks_on_boxes
+    from torchvision.models.detection.roi_heads import (
+        maskrcnn_inference,
+        project_masks_on_boxes,
+    )
 
-    images, sizes, targets, tv_images, tv_targets = inputs
+    images, sizes, targets, _, tv_targets = inputs
     box_targets = box_targets_from_batch(targets)
     parts: dict[str, tuple[Any, Any]] = {}
     with torch.no_grad():
@@ -191,7 +194,7 @@ def non_network_parts(tv, ours, inputs, device) -> dict[str, tuple[Any, Any]]:
         tv_props = tv_proposals()
 
         def ours_roi_targets():
-            bi, boxes, classes, gt, fg = ours.roi_heads.sample_proposals(props, valid, box_targets)
+            bi, boxes, _, gt, fg = ours.roi_heads.sample_proposals(props, valid, box_targets)
             fi = torch.nonzero(fg).squeeze(1)
             ours.roi_heads.box_coder.encode_single(box_targets.boxes[bi[fi], gt[fi]], boxes[fi])
             crop_mask_targets(box_targets.masks, boxes[fi], box_targets.mask_index[bi[fi], gt[fi]], 28, False, None,

@@ -9,7 +9,12 @@ import torch
 from torchvision.models.detection._utils import Matcher
 from torchvision.ops import box_iou
 
-from lightning_seg.models.rcnn import BoxTargets, RoIHeads, RoIHeadsSettings, box_targets_from_batch
+from lightning_seg.models.rcnn import (
+    BoxTargets,
+    RoIHeads,
+    RoIHeadsSettings,
+    box_targets_from_batch,
+)
 from lightning_seg.structures import collate
 from lightning_seg.tasks import RCNNModule
 
@@ -42,7 +47,7 @@ def test_roi_sampling_equals_per_image_loop():
     settings = RoIHeadsSettings(batch_size_per_image=12, positive_fraction=0.25, mask_on=False)
     heads = RoIHeads(8, [4, 8, 16, 32], K, settings)
     torch.manual_seed(3)
-    bi, boxes, classes, gt_index, fg = heads.sample_proposals(proposals, valid, targets)
+    bi, boxes, classes, _, fg = heads.sample_proposals(proposals, valid, targets)
     torch.manual_seed(3)
     keys = torch.rand(b, p + 4)
     matcher = Matcher(0.5, 0.5, allow_low_quality_matches=False)

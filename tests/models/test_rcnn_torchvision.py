@@ -19,7 +19,11 @@ import pytest
 import torch
 
 from lightning_seg.models.backbone import _freeze_batchnorm
-from lightning_seg.models.rcnn import MaskRCNN, mask_rcnn_from_torchvision, torchvision_settings
+from lightning_seg.models.rcnn import (
+    MaskRCNN,
+    mask_rcnn_from_torchvision,
+    torchvision_settings,
+)
 from lightning_seg.ops.mask_paste import paste_masks
 
 tv_detection = pytest.importorskip("torchvision.models.detection")
@@ -117,7 +121,6 @@ def test_wrong_checkpoint_names_file_and_keys(tmp_path):
 
 def test_class_ids_pick_and_reorder_torchvision_classes():
     tv = torchvision_model("v1")
-    images, batch, sizes = inputs()
     settings = torchvision_settings("v1")
     settings["roi_heads"].score_threshold = 0.01
     full = mask_rcnn_from_torchvision(tv.state_dict(), "v1", roi_heads=settings["roi_heads"]).eval()

@@ -18,7 +18,11 @@ from lightning_seg.models.layers import Norm
 from lightning_seg.models.necks import FPN
 from lightning_seg.models.rcnn.roi_heads import Detections, RoIHeads
 from lightning_seg.models.rcnn.rpn import BoxTargets, RegionProposalNetwork
-from lightning_seg.models.rcnn.settings import RoIHeadsSettings, RPNSettings, settings_from
+from lightning_seg.models.rcnn.settings import (
+    RoIHeadsSettings,
+    RPNSettings,
+    settings_from,
+)
 from lightning_seg.ops.mask_paste import paste_masks
 from lightning_seg.structures import InstancePrediction
 

@@ -22,7 +22,12 @@ from torchvision.ops import batched_nms
 from lightning_seg.models.rcnn.heads import BoxHead, BoxPredictor, MaskHead
 from lightning_seg.models.rcnn.rpn import BoxTargets, top_per_image
 from lightning_seg.models.rcnn.settings import RoIHeadsSettings
-from lightning_seg.ops.box_matching import batched_box_iou, ignore_crowd_overlaps, match_boxes, sample_balanced
+from lightning_seg.ops.box_matching import (
+    batched_box_iou,
+    ignore_crowd_overlaps,
+    match_boxes,
+    sample_balanced,
+)
 from lightning_seg.ops.roi_pooling import crop_mask_targets, multiscale_roi_align
 
 
@@ -158,7 +163,6 @@ class RoIHeads(nn.Module):
             proposals: float ``[B, P, 4]``; valid: bool ``[B, P]``.
             image_sizes: int64 ``[B, 2]`` ``(H, W)`` before padding.
         """
-        s = self.settings
         bi, pi = torch.nonzero(valid, as_tuple=True)
         boxes = proposals[bi, pi]
         rois = torch.cat([bi[:, None].to(boxes.dtype), boxes], 1)

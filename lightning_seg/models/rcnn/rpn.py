@@ -19,7 +19,11 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, box_iou
 
 from lightning_seg.models.rcnn.anchors import AnchorGrid
-from lightning_seg.ops.box_matching import ignore_crowd_overlaps, match_boxes, sample_balanced
+from lightning_seg.ops.box_matching import (
+    ignore_crowd_overlaps,
+    match_boxes,
+    sample_balanced,
+)
 
 
 @dataclass
