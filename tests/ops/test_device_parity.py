@@ -200,3 +200,43 @@ def test_semantic_instance_panoptic_inference_and_fusion(device):
     for a, b in zip(fused, fused_ref):
         assert (a["panoptic_seg"].cpu() == b["panoptic_seg"]).float().mean() > 0.999
         assert [s["category_id"] for s in a["segments_info"]] == [s["category_id"] for s in b["segments_info"]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: the R-CNN ops have no device-dependent "
+                    "settings, so a CPU run would compare one path with itself")
+def test_rcnn_ops_and_mask_rcnn_on_cuda():
+    from lightning_seg.models.rcnn import MaskRCNN
+    from lightning_seg.ops.box_matching import batched_box_iou, match_boxes
+    from lightning_seg.ops.mask_paste import paste_masks
+    from lightning_seg.ops.roi_pooling import crop_mask_targets, multiscale_roi_align
+
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(2, 30, 2, generator=g) * 50
+    boxes = torch.cat([xy, xy + torch.rand(2, 30, 2, generator=g) * 30 + 1], -1)
+    gt, valid = boxes[:, :5], torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    iou = batched_box_iou(gt, boxes)
+    torch.testing.assert_close(batched_box_iou(gt.cuda(), boxes.cuda()).cpu(), iou)
+    for got, want in zip(match_boxes(iou.cuda(), valid.cuda(), 0.5, 0.3, True), match_boxes(iou, valid, 0.5, 0.3, True)):
+        assert torch.equal(got.cpu(), want)
+    feats = [torch.randn(2, 4, 64 // s, 64 // s, generator=g) for s in (4, 8, 16, 32)]
+    rois = torch.cat([torch.tensor([0.0] * 30 + [1.0] * 30)[:, None], boxes.reshape(-1, 4)], 1)
+    torch.testing.assert_close(multiscale_roi_align([f.cuda() for f in feats], rois.cuda(), [4, 8, 16, 32], 7).cpu(),
+                               multiscale_roi_align(feats, rois, [4, 8, 16, 32], 7), atol=1e-5, rtol=1e-4)
+    masks = torch.rand(4, 64, 64, generator=g) > 0.5
+    index = torch.randint(0, 4, (60,), generator=g)
+    torch.testing.assert_close(crop_mask_targets(masks.cuda(), rois[:, 1:].cuda(), index.cuda(), 28, True, None).cpu(),
+                               crop_mask_targets(masks, rois[:, 1:], index, 28, True, None), atol=1e-5, rtol=0)
+    probs = torch.rand(60, 28, 28, generator=g)
+    for mode in ("detectron2", "torchvision"):
+        torch.testing.assert_close(paste_masks(probs.cuda(), rois[:, 1:].cuda(), (64, 64), None, mode).cpu(),
+                                   paste_masks(probs, rois[:, 1:], (64, 64), None, mode), atol=1e-5, rtol=0)
+    torch.manual_seed(0)
+    model = MaskRCNN(K, backbone="resnet18", fpn_channels=16, channels_last=False,
+                     roi_heads=dict(box_head_dim=32, mask_head_dims=[8], score_threshold=0.0)).eval()
+    images, sizes = torch.rand(2, 3, 64, 64, generator=g), torch.tensor([[64, 64], [50, 60]])
+    with torch.no_grad():
+        want = model(images, sizes)
+        got = model.cuda()(images.cuda(), sizes.cuda())
+    n = min(len(want.scores), len(got.scores), 20)
+    torch.testing.assert_close(got.scores[:n].cpu(), want.scores[:n], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.boxes[:n].cpu(), want.boxes[:n], atol=1e-2, rtol=0)
