@@ -18,13 +18,14 @@ Two conventions, selected by ``mode``:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["PasteMode", "paste_masks"]
+__all__ = ["PasteMode", "paste_masks", "paste_masks_batched"]
 
 PasteMode = Literal["detectron2", "torchvision"]
 
@@ -47,13 +48,6 @@ def _axis_weights(x: Tensor, start: Tensor, length: Tensor, src: int, clamp: boo
     return w
 
 
-def _windows(lo: Tensor, hi: Tensor, size: int) -> tuple[Tensor, int]:
-    """Integer window origins ``[N]`` and one common length covering ``[lo, hi)`` inside ``[0, size)``."""
-    lo, hi = lo.floor().clamp(0, size), hi.ceil().clamp(0, size)
-    length = max(1, min(size, int((hi - lo).max())))
-    return lo.clamp(max=size - length), length
-
-
 def paste_masks(
     masks: Tensor,
     boxes: Tensor,
@@ -62,10 +56,7 @@ def paste_masks(
     mode: PasteMode = "detectron2",
     max_bytes: int = 1 << 26,
 ) -> Tensor:
-    """Paste each mask into its box of an ``H x W`` image.
-
-    Only a window around each box is computed: masks are grouped by box size, and every group
-    is resampled in one pair of batched matrix products over its largest window.
+    """Paste each mask into its box of one ``H x W`` image (see :func:`paste_masks_batched`).
 
     Args:
         masks: float ``[N, S, S]`` mask probabilities in box coordinates.
@@ -78,14 +69,58 @@ def paste_masks(
     Returns:
         bool (or float with ``threshold=None``) ``[N, H, W]``.
     """
-    h, w = int(image_size[0]), int(image_size[1])
-    n = masks.shape[0]
-    dtype = torch.bool if threshold is not None else masks.dtype
-    out = torch.zeros(n, h, w, dtype=dtype, device=masks.device)
-    if n == 0 or h == 0 or w == 0:
-        return out
-    masks = masks.float()
-    boxes = boxes.float()
+    index = torch.zeros(masks.shape[0], dtype=torch.int64, device=masks.device)
+    return paste_masks_batched(masks, boxes, index, [image_size], threshold, mode, max_bytes)[0]
+
+
+def paste_masks_batched(
+    masks: Tensor,
+    boxes: Tensor,
+    image_index: Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    threshold: float | None = 0.5,
+    mode: PasteMode = "detectron2",
+    max_bytes: int = 1 << 26,
+) -> list[Tensor]:
+    """Paste the masks of every image of a batch into their images, all in one pass.
+
+    Only a window around each box is computed: masks (of all images) are grouped by box size,
+    each group is resampled by one pair of batched matrix products over its largest window, and
+    scattered into one buffer holding every image's output planes (window pixels outside an
+    image go to a discarded slot).
+
+    Args:
+        masks: float ``[N, S, S]`` mask probabilities in box coordinates.
+        boxes: float ``[N, 4]`` xyxy boxes in pixels of their output image.
+        image_index: int64 ``[N]`` output image of each mask, grouped (non-decreasing).
+        image_sizes: ``(H_b, W_b)`` of each output image.
+        threshold: ``probability >= threshold`` as bool; ``None`` keeps the probabilities.
+        mode: ``"detectron2"`` or ``"torchvision"`` resampling (see the module docstring).
+        max_bytes: bound on the float windows resampled at once.
+
+    Returns:
+        per image, bool (or float) ``[N_b, H_b, W_b]`` (views of one buffer).
+    """
+    device = masks.device
+    n, b = masks.shape[0], len(image_sizes)
+    dtype = torch.bool if threshold is not None else torch.float32
+    counts = torch.bincount(image_index, minlength=b).tolist() if n else [0] * b
+    planes = [int(h) * int(w) for h, w in image_sizes]
+    starts, total = [], 0
+    for c, p in zip(counts, planes):
+        starts.append(total)
+        total += c * p
+    buffer = torch.zeros(total + 1, dtype=dtype, device=device)  # the last slot takes the discarded pixels
+    outputs = [buffer[o:o + c * p].view(c, int(h), int(w))
+               for o, c, p, (h, w) in zip(starts, counts, planes, image_sizes)]
+    if n == 0 or total == 0:
+        return outputs
+    masks, boxes = masks.float(), boxes.float()
+    sizes = torch.tensor([[int(h), int(w)] for h, w in image_sizes], device=device)[image_index]
+    first = torch.tensor(starts, device=device)[image_index]
+    plane = torch.tensor(planes, device=device)[image_index]
+    group_start = torch.tensor([sum(counts[:i]) for i in range(b)], device=device)[image_index]
+    base = first + (torch.arange(n, device=device) - group_start) * plane
     if mode == "torchvision":
         s = masks.shape[-1]
         masks = F.pad(masks, (1, 1, 1, 1))
@@ -101,32 +136,36 @@ def paste_masks(
     elif mode == "detectron2":
         start = boxes[:, :2]
         length = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-6)
-        src = masks.shape[-1]
         # beyond half a source pixel outside the box every tap weight is zero
-        margin = length / (2 * src) + 1
+        margin = length / (2 * masks.shape[-1]) + 1
         lo, hi = start - margin, start + length + margin
         clamp = False
     else:
         raise ValueError(f"paste mode must be 'detectron2' or 'torchvision', got {mode!r}")
+    # windows start inside the image and end where the box's support or the image ends
+    lo = torch.maximum(lo.floor(), torch.zeros_like(lo))
+    hi = torch.minimum(hi.ceil(), sizes.flip(1).to(hi.dtype))
+    extent = (hi - lo).clamp(min=1)
     src = masks.shape[-1]
-    extent = (hi - lo).amax(1)
-    order = torch.argsort(extent, descending=True)
-    flat = out.view(n, h * w)
+    order = torch.argsort(extent.amax(1), descending=True)
+    spans = extent[order].amax(1).tolist()
+    flat = buffer
     i = 0
     while i < n:
-        # the largest window of the group bounds its size: grow the group while it fits
-        big = float(extent[order[min(n - 1, i)]])
-        count = max(1, int(max_bytes // (4 * (big + 2) ** 2)))
+        # the group's first (largest) window bounds the memory of the group
+        count = max(1, int(max_bytes // (4 * (spans[i] + 1) ** 2)))
         idx = order[i:i + count]
         i += count
-        oy, wh_y = _windows(lo[idx, 1], hi[idx, 1], h)
-        ox, wh_x = _windows(lo[idx, 0], hi[idx, 0], w)
-        ys = oy[:, None] + torch.arange(wh_y, device=masks.device, dtype=masks.dtype)
-        xs = ox[:, None] + torch.arange(wh_x, device=masks.device, dtype=masks.dtype)
+        wh_x, wh_y = (int(v) for v in extent[idx].amax(0).tolist())
+        ys = lo[idx, 1:2] + torch.arange(wh_y, device=device, dtype=masks.dtype)
+        xs = lo[idx, 0:1] + torch.arange(wh_x, device=device, dtype=masks.dtype)
         wy = _axis_weights(ys, start[idx, 1], length[idx, 1], src, clamp, clamp)
         wx = _axis_weights(xs, start[idx, 0], length[idx, 0], src, clamp, clamp)
         window = torch.bmm(torch.bmm(wy, masks[idx]), wx.transpose(1, 2))
-        pos = (ys.long()[:, :, None] * w + xs.long()[:, None, :]).view(len(idx), -1)
+        hw = sizes[idx]
+        inside = (ys < hw[:, 0:1])[:, :, None] & (xs < hw[:, 1:2])[:, None, :]
+        pos = base[idx, None, None] + ys.long()[:, :, None] * hw[:, 1, None, None] + xs.long()[:, None, :]
+        pos = torch.where(inside, pos, torch.full_like(pos, total)).view(len(idx), -1)
         values = window.view(len(idx), -1)
-        flat[idx[:, None], pos] = values >= threshold if threshold is not None else values
-    return out
+        flat[pos] = values >= threshold if threshold is not None else values
+    return outputs

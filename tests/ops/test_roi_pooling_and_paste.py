@@ -119,3 +119,21 @@ def test_mask_targets_from_windows_around_the_boxes_equal_full_masks():
         full = crop_mask_targets(masks, rois, index, 28, aligned, None)
         windowed = crop_mask_targets(masks, rois, index, 28, aligned, None, mask_boxes=mask_boxes)
         torch.testing.assert_close(windowed, full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["detectron2", "torchvision"])
+def test_batched_paste_equals_pasting_each_image(mode):
+    from lightning_seg.ops.mask_paste import paste_masks_batched
+
+    g = torch.Generator().manual_seed(6)
+    sizes = [(50, 70), (90, 40), (30, 30)]
+    counts = [7, 0, 5]
+    masks = torch.rand(sum(counts), 28, 28, generator=g)
+    boxes = torch.cat([boxes_in(c, h, w, g, 60) for c, (h, w) in zip(counts, sizes)])
+    index = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
+    got = paste_masks_batched(masks, boxes, index, sizes, None, mode, max_bytes=4 * 40 * 40 * 3)
+    start = 0
+    for c, size, out in zip(counts, sizes, got):
+        assert out.shape == (c, *size)
+        torch.testing.assert_close(out, paste_masks(masks[start:start + c], boxes[start:start + c], size, None, mode))
+        start += c

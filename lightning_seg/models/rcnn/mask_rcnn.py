@@ -23,7 +23,7 @@ from lightning_seg.models.rcnn.settings import (
     RPNSettings,
     settings_from,
 )
-from lightning_seg.ops.mask_paste import paste_masks
+from lightning_seg.ops.mask_paste import paste_masks_batched
 from lightning_seg.structures import InstancePrediction
 
 
@@ -126,20 +126,16 @@ class MaskRCNN(nn.Module):
             int64 labels, float scores, float boxes ``[M, 4]``.
         """
         s = self.settings
-        counts = detections.counts.tolist()
-        out: list[InstancePrediction] = []
-        start = 0
-        for i, (n, size) in enumerate(zip(counts, output_sizes)):
-            sl = slice(start, start + n)
-            start += n
-            h, w = float(image_sizes[i, 0]), float(image_sizes[i, 1])
-            scale = torch.tensor([size[1] / w, size[0] / h, size[1] / w, size[0] / h],
-                                 device=detections.boxes.device)
-            boxes = detections.boxes[sl] * scale
-            if detections.mask_probs is not None:
-                masks = paste_masks(detections.mask_probs[sl], boxes, size, s.mask_threshold, s.paste_mode)
-            else:
-                masks = torch.zeros(n, *size, dtype=torch.bool, device=boxes.device)
-            out.append(InstancePrediction(masks=masks, labels=detections.labels[sl],
-                                          scores=detections.scores[sl], boxes=boxes))
-        return out
+        det = detections
+        img = det.image_index
+        out_hw = torch.tensor([[int(h), int(w)] for h, w in output_sizes], device=det.boxes.device)
+        ratio = out_hw.to(det.boxes.dtype) / image_sizes.to(det.boxes.dtype)  # [B, 2] as (h, w)
+        boxes = det.boxes * ratio[img][:, [1, 0, 1, 0]]
+        if det.mask_probs is not None:
+            masks = paste_masks_batched(det.mask_probs, boxes, img, output_sizes, s.mask_threshold, s.paste_mode)
+        else:
+            masks = [torch.zeros(int(c), *size, dtype=torch.bool, device=boxes.device)
+                     for c, size in zip(det.counts.tolist(), output_sizes)]
+        per_image = [int(c) for c in det.counts.tolist()]
+        return [InstancePrediction(masks=m, labels=lab, scores=sc, boxes=bx) for m, lab, sc, bx in zip(
+            masks, det.labels.split(per_image), det.scores.split(per_image), boxes.split(per_image))]
