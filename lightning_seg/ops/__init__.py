@@ -1,7 +1,9 @@
 """Pure-tensor, batched, device-agnostic ops: point sampling, Hungarian matching, matrix NMS,
-mask-classification inference and panoptic fusion, dense (sliding-window, TTA) inference.
+mask-classification inference and panoptic fusion, dense (sliding-window, TTA) inference, and
+the R-CNN ops (box matching and sampling, multi-scale RoIAlign, mask targets, mask pasting).
 No Lightning imports here."""
 
+from .box_matching import batched_box_ioa, batched_box_iou, ignore_crowd_overlaps, match_boxes, sample_balanced
 from .dense_inference import crop_and_resize, dense_probabilities, slide_inference
 from .linear_assignment import sanitize_costs, solve_assignment
 from .mask_inference import instance_inference, panoptic_inference, semantic_inference, thing_mask
@@ -15,8 +17,10 @@ from .matching_costs import (
     pairwise_sigmoid_bce,
     pairwise_sigmoid_focal,
 )
+from .mask_paste import paste_masks, paste_masks_batched
 from .matrix_nms import MatrixNMSResult, mask_iou_matrix, matrix_nms
 from .panoptic_fpn_fusion import panoptic_fpn_fusion
+from .roi_pooling import assign_fpn_levels, crop_mask_targets, multiscale_roi_align
 from .point_sampling import (
     point_sample,
     point_sample_binary,
@@ -26,6 +30,16 @@ from .point_sampling import (
 )
 
 __all__ = [
+    "assign_fpn_levels",
+    "batched_box_ioa",
+    "batched_box_iou",
+    "crop_mask_targets",
+    "ignore_crowd_overlaps",
+    "match_boxes",
+    "multiscale_roi_align",
+    "paste_masks",
+    "paste_masks_batched",
+    "sample_balanced",
     "Matching",
     "MatrixNMSResult",
     "ResizeTaps",

@@ -133,3 +133,42 @@ def test_anchor_grid_iou_equals_box_iou(torchvision_style):
     g = torch.Generator().manual_seed(0)
     boxes = torch.cat([random_boxes(7, g, 40), torch.zeros(1, 4)])
     torch.testing.assert_close(grid.iou(boxes, sizes, padded), box_iou(boxes, anchors).nan_to_num())
+
+
+def test_no_rois_give_no_detections_and_no_crash():
+    heads = RoIHeads(8, [4, 8, 16, 32], K, RoIHeadsSettings(mask_on=False))
+    det = heads.select_detections(torch.zeros(0, K + 1), torch.zeros(0, 4 * K), torch.zeros(0, 4),
+                                  torch.zeros(0, dtype=torch.int64), torch.tensor([[32, 32], [16, 20]]))
+    assert det.boxes.shape == (0, 4) and det.counts.tolist() == [0, 0]
+
+
+def test_detections_equal_nms_over_every_candidate():
+    """The top-M shortcut of select_detections against plain per-image, per-class NMS."""
+    from torchvision.ops import batched_nms
+
+    g = torch.Generator().manual_seed(1)
+    counts, k = [30, 0, 50, 7], 4
+    settings = RoIHeadsSettings(mask_on=False, detections_per_image=3, score_threshold=0.05)
+    heads = RoIHeads(8, [4, 8, 16, 32], k, settings)
+    r = sum(counts)
+    logits = torch.randn(r, k + 1, generator=g) * 2
+    deltas = torch.randn(r, 4 * k, generator=g) * 0.2
+    boxes = random_boxes(r, g)
+    index = torch.repeat_interleave(torch.arange(4), torch.tensor(counts))
+    sizes = torch.tensor([[80, 80]] * 4)
+    det = heads.select_detections(logits, deltas, boxes, index, sizes)
+    scores = logits.softmax(-1)[:, :k]
+    pred = heads.box_coder.decode_single(deltas, boxes).view(r, k, 4).clamp(0, 80)
+    start = 0
+    for i, n in enumerate(counts):
+        sl = slice(start, start + n)
+        start += n
+        s, b = scores[sl].reshape(-1), pred[sl].reshape(-1, 4)
+        c = torch.arange(k).repeat(n)
+        keep = (s > 0.05) & ((b[:, 2:] - b[:, :2]) > 0).all(1)
+        s, b, c = s[keep], b[keep], c[keep]
+        top = batched_nms(b, s, c, 0.5)[:3]
+        mine = det.image_index == i
+        torch.testing.assert_close(det.scores[mine], s[top])
+        torch.testing.assert_close(det.boxes[mine], b[top])
+        assert torch.equal(det.labels[mine], c[top])

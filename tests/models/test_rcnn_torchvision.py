@@ -136,3 +136,27 @@ def test_class_ids_pick_and_reorder_torchvision_classes():
     assert torch.equal(sub["roi_heads.mask_head.predictor.weight"][0], state["roi_heads.mask_head.predictor.weight"][3])
     with pytest.raises(ValueError, match="class_ids"):
         load_torchvision_weights(MaskRCNN(2, **settings), tv.state_dict(), class_ids=[4, 9])
+
+
+def test_legacy_key_names_and_a_single_class_load(tmp_path):
+    """torchvision's published COCO file predates its version-2 key names; one class + background."""
+    from lightning_seg.models.rcnn import load_torchvision_weights
+
+    torch.manual_seed(0)
+    tv = tv_detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2)
+    state = tv.state_dict()
+    legacy = {}
+    for key, value in state.items():
+        key = key.replace("rpn.head.conv.0.0.", "rpn.head.conv.")
+        for i in range(4):
+            key = key.replace(f"fpn.inner_blocks.{i}.0.", f"fpn.inner_blocks.{i}.")
+            key = key.replace(f"fpn.layer_blocks.{i}.0.", f"fpn.layer_blocks.{i}.")
+            key = key.replace(f"roi_heads.mask_head.{i}.0.", f"roi_heads.mask_head.mask_fcn{i + 1}.")
+        legacy[key] = value
+    assert "rpn.head.conv.weight" in legacy and "roi_heads.mask_head.mask_fcn4.bias" in legacy
+    new, old = MaskRCNN(1, **torchvision_settings("v1")), MaskRCNN(1, **torchvision_settings("v1"))
+    load_torchvision_weights(new, state)
+    load_torchvision_weights(old, legacy)
+    assert new.state_dict()["roi_heads.box_predictor.bbox_pred.weight"].shape == (4, 1024)
+    for key, value in new.state_dict().items():
+        assert torch.equal(value, old.state_dict()[key]), key

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from lightning_seg.models.layers import ConvNormAct, Norm
+from lightning_seg.models.layers import ConvNormAct, Norm, c2_xavier_fill
 
 
 class BoxHead(nn.Module):
@@ -49,6 +49,8 @@ class BoxHead(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                c2_xavier_fill(m)  # detectron2's fc init
 
     def forward(self, x: Tensor) -> Tensor:
         """float ``[R, C, s, s]`` -> float ``[R, fc_dim]``."""

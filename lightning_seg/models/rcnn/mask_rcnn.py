@@ -131,6 +131,8 @@ class MaskRCNN(nn.Module):
         out_hw = torch.tensor([[int(h), int(w)] for h, w in output_sizes], device=det.boxes.device)
         ratio = out_hw.to(det.boxes.dtype) / image_sizes.to(det.boxes.dtype)  # [B, 2] as (h, w)
         boxes = det.boxes * ratio[img][:, [1, 0, 1, 0]]
+        # clipped to the output image (scaling may round past its edge), as detectron2 does
+        boxes = torch.minimum(boxes, out_hw[img][:, [1, 0, 1, 0]].to(boxes.dtype))
         if det.mask_probs is not None:
             masks = paste_masks_batched(det.mask_probs, boxes, img, output_sizes, s.mask_threshold, s.paste_mode)
         else:

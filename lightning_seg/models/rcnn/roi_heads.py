@@ -132,11 +132,17 @@ class RoIHeads(nn.Module):
         bi, boxes, classes, gt, fg = self.sample_proposals(proposals, valid, targets)
         rois = torch.cat([bi[:, None].to(boxes.dtype), boxes], 1)
         logits, deltas = self._box_outputs(features, rois)
-        loss_cls = F.cross_entropy(logits, classes)
+        if classes.numel() == 0:  # no proposal and no ground truth in the batch
+            zero = logits.sum() * 0.0 + deltas.sum() * 0.0
+            out = {"loss_cls": zero, "loss_box_reg": zero}
+            if self.mask_head is not None:
+                out["loss_mask"] = self._mask_logits(features, rois, classes).sum() * 0.0
+            return out
+        loss_cls = F.cross_entropy(logits.float(), classes)
         fi = torch.nonzero(fg).squeeze(1)
-        deltas = deltas.view(deltas.shape[0], -1, 4)
+        deltas = deltas.float().reshape(deltas.shape[0], deltas.shape[1] // 4, 4)
         cls_fg = classes[fi] if deltas.shape[1] > 1 else torch.zeros_like(classes[fi])
-        target_deltas = self.box_coder.encode_single(targets.boxes[bi[fi], gt[fi]], boxes[fi])
+        target_deltas = self.box_coder.encode_single(targets.boxes[bi[fi], gt[fi]].float(), boxes[fi].float())
         loss_box = F.smooth_l1_loss(deltas[fi, cls_fg], target_deltas, beta=s.smooth_l1_beta,
                                     reduction="sum") / max(classes.numel(), 1)
         out = {"loss_cls": loss_cls * s.box_loss_weight, "loss_box_reg": loss_box * s.box_loss_weight}
@@ -183,8 +189,8 @@ class RoIHeads(nn.Module):
         from the higher-scored boxes of its group only, so NMS over each image's ``M``
         highest-scored candidates keeps exactly the full run's decisions for them; once at
         least ``detections_per_image`` of them survive (or ``M`` covers every candidate) the
-        top detections are final. ``M`` starts at ``4 * detections_per_image`` and grows by 4x
-        for the images that need it.
+        top detections are final. ``M`` starts at ``4 * detections_per_image`` (candidates tied
+        with the ``M``-th score included) and grows by 4x while an image needs it.
 
         Args:
             logits: float ``[R, K + 1]``; deltas: float ``[R, 4K]`` (or ``[R, 4]``).
@@ -196,26 +202,32 @@ class RoIHeads(nn.Module):
         """
         s, k = self.settings, self.num_classes
         b, r = image_sizes.shape[0], boxes.shape[0]
-        scores = F.softmax(logits, -1)[:, :k]
+        if r == 0:
+            empty = boxes.new_zeros(0)
+            index = torch.zeros(0, dtype=torch.int64, device=boxes.device)
+            return Detections(boxes.new_zeros(0, 4), empty, index, index, torch.zeros(b, dtype=torch.int64,
+                                                                                     device=boxes.device))
+        scores = F.softmax(logits.float(), -1)[:, :k]
         counts = torch.bincount(image_index, minlength=b)
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.arange(r, device=boxes.device) - starts[image_index]
-        width = int(counts.max()) * k if r else 0
-        # per-image rows of candidate scores, -1 where there is none
-        table = scores.new_full((b, max(width, 1)), -1.0)
+        width = int(counts.max()) * k
+        # per-image rows of candidate scores, -1 where there is none (NaN scores are none)
+        table = scores.new_full((b, width), -1.0)
         cols = (rank[:, None] * k + torch.arange(k, device=boxes.device)).reshape(-1)
         table[image_index.repeat_interleave(k), cols] = scores.reshape(-1)
-        table = table.masked_fill(table <= s.score_threshold, -1.0)
+        table = table.masked_fill(~(table > s.score_threshold), -1.0)
         available = (table >= 0).sum(1)
-        m = min(table.shape[1], 4 * s.detections_per_image)
-        deltas = deltas.view(r, -1, 4)
+        m = min(width, 4 * s.detections_per_image)
+        # decode in float32 even under autocast, as detectron2 does
+        deltas = deltas.float().reshape(r, deltas.shape[1] // 4, 4)
+        boxes = boxes.float()
         while True:
-            top, idx = table.topk(m, dim=1)
-            bi, j = torch.nonzero(top >= 0, as_tuple=True)
-            # back to (image, RoI, class) order: NMS breaks score ties by input order
-            back = torch.argsort(bi * table.shape[1] + idx[bi, j])
-            bi, j = bi[back], j[back]
-            flat = idx[bi, j]
+            # every candidate scoring at least each image's m-th score (ties at the cut included),
+            # in (image, RoI, class) order: NMS breaks score ties by input order
+            cut = table.topk(m, dim=1).values[:, -1:].clamp(min=0)
+            chosen = (table >= cut) & (table >= 0)
+            bi, flat = torch.nonzero(chosen, as_tuple=True)
             roi = starts[bi] + torch.div(flat, k, rounding_mode="floor")
             cls = flat % k
             d = deltas[roi, cls if deltas.shape[1] > 1 else torch.zeros_like(cls)]
@@ -224,13 +236,14 @@ class RoIHeads(nn.Module):
             pred = torch.minimum(pred.clamp(min=0), torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1))
             wh = pred[:, 2:] - pred[:, :2]
             ok = torch.nonzero((wh > s.min_box_size).all(1) & torch.isfinite(pred).all(1)).squeeze(1)
-            cand_boxes, cand_scores, cand_cls, cand_img = pred[ok], top[bi, j][ok], cls[ok], bi[ok]
-            kept = batched_nms(cand_boxes, cand_scores, cand_img * k + cand_cls, s.nms_threshold)
+            cand_boxes, cand_scores, cand_cls, cand_img = pred[ok], table[bi, flat][ok], cls[ok], bi[ok]
+            # float64 offsets: (image, class) groups are separated by coordinate offsets in NMS
+            kept = batched_nms(cand_boxes.double(), cand_scores.double(), cand_img * k + cand_cls, s.nms_threshold)
             per_image = torch.bincount(cand_img[kept], minlength=b)
-            done = (per_image >= s.detections_per_image) | (available <= m)
-            if m >= table.shape[1] or bool(done.all()):
+            done = (per_image >= s.detections_per_image) | (chosen.sum(1) >= available)
+            if m >= width or bool(done.all()):
                 break
-            m = min(table.shape[1], m * 4)
+            m = min(width, m * 4)
         order, _ = top_per_image(cand_img[kept], b, s.detections_per_image)
         kept = kept[order]
         img = cand_img[kept]

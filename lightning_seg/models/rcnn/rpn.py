@@ -222,13 +222,13 @@ class RegionProposalNetwork(nn.Module):
         b = logits.shape[0]
         normaliser = float(self.batch_size_per_image * b)
         sampled = positive | negative
-        loss_cls = F.binary_cross_entropy_with_logits(logits[sampled], positive[sampled].to(logits.dtype),
+        loss_cls = F.binary_cross_entropy_with_logits(logits[sampled].float(), positive[sampled].float(),
                                                       reduction="sum") / normaliser
         bi, ai = torch.nonzero(positive, as_tuple=True)
         if targets.boxes.shape[1]:
             gt = targets.boxes[bi, matches[bi, ai]]
             target_deltas = self.box_coder.encode_single(gt, anchors[ai])
-            loss_loc = F.smooth_l1_loss(deltas[bi, ai], target_deltas, beta=self.smooth_l1_beta,
+            loss_loc = F.smooth_l1_loss(deltas[bi, ai].float(), target_deltas, beta=self.smooth_l1_beta,
                                         reduction="sum") / normaliser
         else:
             loss_loc = deltas.sum() * 0.0
@@ -248,10 +248,11 @@ class RegionProposalNetwork(nn.Module):
         for level, (a, lg, d) in enumerate(zip(anchors, logits, deltas)):
             k = min(k_pre, lg.shape[1])
             top, idx = lg.topk(k, dim=1)
-            sel = self.box_coder.decode_single(d.gather(1, idx[..., None].expand(-1, -1, 4)).reshape(-1, 4),
-                                               a[idx.reshape(-1)])
+            # decode in float32 even under autocast, as detectron2 does
+            sel = self.box_coder.decode_single(
+                d.gather(1, idx[..., None].expand(-1, -1, 4)).reshape(-1, 4).float(), a[idx.reshape(-1)])
             boxes.append(sel.view(b, k, 4))
-            scores.append(top)
+            scores.append(top.float())
             levels.append(torch.full_like(idx, level))
         boxes_t = clip_boxes(torch.cat(boxes, 1), image_sizes)
         scores_t, levels_t = torch.cat(scores, 1), torch.cat(levels, 1)
@@ -259,7 +260,8 @@ class RegionProposalNetwork(nn.Module):
         keep = (wh > self.min_box_size).all(-1) & torch.isfinite(boxes_t).all(-1) & torch.isfinite(scores_t)
         bi, ni = torch.nonzero(keep, as_tuple=True)
         flat_boxes, flat_scores = boxes_t[bi, ni], scores_t[bi, ni]
-        kept = batched_nms(flat_boxes, flat_scores, bi * len(anchors) + levels_t[bi, ni], self.nms_threshold)
+        # float64 offsets: (image, level) groups are separated by coordinate offsets in NMS
+        kept = batched_nms(flat_boxes.double(), flat_scores.double(), bi * len(anchors) + levels_t[bi, ni], self.nms_threshold)
         order, rank = top_per_image(bi[kept], b, k_post)
         kept = kept[order]
         p = min(k_post, boxes_t.shape[1])

@@ -11,7 +11,7 @@ from lightning_seg.models.rcnn.rpn import BoxTargets
 
 
 def box_targets_from_batch(targets: Sequence[dict[str, Any]], with_masks: bool = True) -> BoxTargets:
-    """Things without crowd (and with a non-empty mask) as ground truth; crowd regions apart.
+    """Things without crowd (and with a non-empty mask) as ground truth; crowd thing regions apart.
 
     Args:
         targets: the batch's per-image targets (``boxes`` float ``[N, 4]``, ``labels``,
@@ -28,7 +28,7 @@ def box_targets_from_batch(targets: Sequence[dict[str, Any]], with_masks: bool =
         boxes = t["boxes"]
         nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         keeps.append(torch.nonzero(t["is_thing"] & ~t["iscrowd"] & nonempty).squeeze(1))
-        crowds.append(torch.nonzero(t["iscrowd"] & nonempty).squeeze(1))
+        crowds.append(torch.nonzero(t["iscrowd"] & t["is_thing"] & nonempty).squeeze(1))
     b = len(targets)
     g = max(1, max(len(k) for k in keeps))
     c = max(len(k) for k in crowds)

@@ -19,6 +19,10 @@ from lightning_seg.models.rcnn.mask_rcnn import MaskRCNN
 from lightning_seg.models.rcnn.settings import TorchvisionVersion, torchvision_settings
 
 _RENAMES = [
+    # checkpoints written before torchvision's module versions 2 (e.g. its published COCO file)
+    (r"^rpn\.head\.conv\.(weight|bias)$", r"rpn.head.conv.0.0.\1"),
+    (r"^backbone\.fpn\.(inner|layer)_blocks\.(\d+)\.(weight|bias)$", r"backbone.fpn.\1_blocks.\2.0.\3"),
+    (r"^roi_heads\.mask_head\.mask_fcn(\d+)\.(weight|bias)$", lambda m: f"roi_heads.mask_head.{int(m.group(1)) - 1}.0.{m.group(2)}"),
     (r"^backbone\.body\.", "backbone.model."),
     (r"^backbone\.fpn\.inner_blocks\.", "fpn.lateral."),
     (r"^backbone\.fpn\.layer_blocks\.", "fpn.output."),
@@ -34,7 +38,7 @@ def _select_classes(key: str, value: Tensor, rows: Tensor) -> Tensor:
     keep = torch.cat([torch.zeros(1, dtype=torch.int64), rows])
     if key.startswith(("roi_heads.box_predictor.cls_score.", "roi_heads.mask_predictor.mask_fcn_logits.")):
         return value[keep] if value.shape[0] > 1 else value
-    if key.startswith("roi_heads.box_predictor.bbox_pred.") and value.shape[0] > 8:
+    if key.startswith("roi_heads.box_predictor.bbox_pred."):  # torchvision's regression is per class
         return value.view(-1, 4, *value.shape[1:])[keep].flatten(0, 1)
     return value
 
@@ -68,7 +72,7 @@ def convert_torchvision_mask_rcnn(state: dict[str, Tensor], class_ids: Sequence[
         if new.startswith("roi_heads.box_predictor.cls_score."):
             value = torch.cat([value[1:], value[:1]])  # background first -> last
         elif new.startswith("roi_heads.box_predictor.bbox_pred."):
-            value = value[4:] if value.shape[0] > 8 else value  # class-specific: drop background
+            value = value[4:]  # torchvision regresses every class, background included: drop it
         elif new.startswith("roi_heads.mask_head.predictor.") and value.shape[0] > 1:
             value = value[1:]
         out[new] = value
