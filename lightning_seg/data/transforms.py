@@ -43,7 +43,22 @@ def _resize(img: np.ndarray, height: int, width: int, nearest: bool) -> np.ndarr
     return out.reshape(height, width, *img.shape[2:])
 
 
-class RandomResizeKeepRatio(A.DualTransform):
+class _ResizeToSize(A.DualTransform):
+    """Base of the aspect-keeping resizes: bilinear image, nearest masks, to ``params["size"]``."""
+
+    @staticmethod
+    def scaled(h: int, w: int, factor: float) -> dict[str, tuple[int, int]]:
+        """The ``size`` parameter of an ``h x w`` image scaled by ``factor`` (rounded, >= 1)."""
+        return {"size": (max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5)))}
+
+    def apply(self, img: np.ndarray, size: tuple[int, int] = (0, 0), **params: Any) -> np.ndarray:
+        return _resize(img, *size, nearest=False)
+
+    def apply_to_mask(self, mask: np.ndarray, size: tuple[int, int] = (0, 0), **params: Any) -> np.ndarray:
+        return _resize(mask, *size, nearest=True)
+
+
+class RandomResizeKeepRatio(_ResizeToSize):
     """Resize keeping the aspect ratio to a randomly scaled target (mmsegmentation's ``RandomResize``).
 
     A ratio ``r`` is drawn from ``ratio_range``; the target is ``(scale[0]·r, scale[1]·r)`` as
@@ -71,20 +86,13 @@ class RandomResizeKeepRatio(A.DualTransform):
         h, w = params["shape"][:2]
         r = self.py_random.uniform(*self.ratio_range)
         long_t, short_t = max(self.scale) * r, min(self.scale) * r
-        factor = min(long_t / max(h, w), short_t / min(h, w))
-        return {"size": (max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5)))}
-
-    def apply(self, img: np.ndarray, size: tuple[int, int] = (0, 0), **params: Any) -> np.ndarray:
-        return _resize(img, *size, nearest=False)
-
-    def apply_to_mask(self, mask: np.ndarray, size: tuple[int, int] = (0, 0), **params: Any) -> np.ndarray:
-        return _resize(mask, *size, nearest=True)
+        return self.scaled(h, w, min(long_t / max(h, w), short_t / min(h, w)))
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("scale", "ratio_range")
 
 
-class ResizeShortestEdge(A.DualTransform):
+class ResizeShortestEdge(_ResizeToSize):
     """Resize keeping the aspect ratio so the short side is a random length, the long side at
     most ``max_size`` (detectron2's ``ResizeShortestEdge``, the R-CNN training resize).
 
@@ -117,14 +125,7 @@ class ResizeShortestEdge(A.DualTransform):
             short = self.py_random.choice(self.short_edge_lengths)
         else:
             short = self.py_random.randint(self.short_edge_lengths[0], self.short_edge_lengths[1])
-        factor = min(short / min(h, w), self.max_size / max(h, w))
-        return {"size": (max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5)))}
-
-    def apply(self, img: np.ndarray, size: tuple[int, int] = (0, 0), **params: Any) -> np.ndarray:
-        return _resize(img, *size, nearest=False)
-
-    def apply_to_mask(self, mask: np.ndarray, size: tuple[int, int] = (0, 0), **params: Any) -> np.ndarray:
-        return _resize(mask, *size, nearest=True)
+        return self.scaled(h, w, min(short / min(h, w), self.max_size / max(h, w)))
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("short_edge_lengths", "max_size", "sample_style")

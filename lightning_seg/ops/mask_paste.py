@@ -104,12 +104,14 @@ def paste_masks_batched(
     device = masks.device
     n, b = masks.shape[0], len(image_sizes)
     dtype = torch.bool if threshold is not None else torch.float32
+    # the one host copy: the output tensors' shapes are the per-image detection counts
     counts = torch.bincount(image_index, minlength=b).tolist() if n else [0] * b
     planes = [int(h) * int(w) for h, w in image_sizes]
-    starts, total = [], 0
+    starts, first_mask, total, seen = [], [], 0, 0
     for c, p in zip(counts, planes):
         starts.append(total)
-        total += c * p
+        first_mask.append(seen)
+        total, seen = total + c * p, seen + c
     buffer = torch.zeros(total + 1, dtype=dtype, device=device)  # the last slot takes the discarded pixels
     outputs = [buffer[o:o + c * p].view(c, int(h), int(w))
                for o, c, p, (h, w) in zip(starts, counts, planes, image_sizes)]
@@ -119,7 +121,7 @@ def paste_masks_batched(
     sizes = torch.tensor([[int(h), int(w)] for h, w in image_sizes], device=device)[image_index]
     first = torch.tensor(starts, device=device)[image_index]
     plane = torch.tensor(planes, device=device)[image_index]
-    group_start = torch.tensor([sum(counts[:i]) for i in range(b)], device=device)[image_index]
+    group_start = torch.tensor(first_mask, device=device)[image_index]
     base = first + (torch.arange(n, device=device) - group_start) * plane
     if mode == "torchvision":
         s = masks.shape[-1]
@@ -148,8 +150,8 @@ def paste_masks_batched(
     extent = (hi - lo).clamp(min=1)
     src = masks.shape[-1]
     order = torch.argsort(extent.amax(1), descending=True)
+    # group sizes are chosen on the host from the window extents (one copy for the batch)
     spans = extent[order].amax(1).tolist()
-    flat = buffer
     i = 0
     while i < n:
         # the group's first (largest) window bounds the memory of the group
@@ -167,5 +169,5 @@ def paste_masks_batched(
         pos = base[idx, None, None] + ys.long()[:, :, None] * hw[:, 1, None, None] + xs.long()[:, None, :]
         pos = torch.where(inside, pos, torch.full_like(pos, total)).view(len(idx), -1)
         values = window.view(len(idx), -1)
-        flat[pos] = values >= threshold if threshold is not None else values
+        buffer[pos] = values >= threshold if threshold is not None else values
     return outputs

@@ -17,7 +17,7 @@ from lightning_seg.models.backbone import build_backbone
 from lightning_seg.models.layers import Norm
 from lightning_seg.models.necks import FPN
 from lightning_seg.models.rcnn.roi_heads import Detections, RoIHeads
-from lightning_seg.models.rcnn.rpn import BoxTargets, RegionProposalNetwork
+from lightning_seg.models.rcnn.rpn import BoxTargets, RegionProposalNetwork, clip_boxes
 from lightning_seg.models.rcnn.settings import (
     RoIHeadsSettings,
     RPNSettings,
@@ -132,12 +132,12 @@ class MaskRCNN(nn.Module):
         ratio = out_hw.to(det.boxes.dtype) / image_sizes.to(det.boxes.dtype)  # [B, 2] as (h, w)
         boxes = det.boxes * ratio[img][:, [1, 0, 1, 0]]
         # clipped to the output image (scaling may round past its edge), as detectron2 does
-        boxes = torch.minimum(boxes, out_hw[img][:, [1, 0, 1, 0]].to(boxes.dtype))
+        boxes = clip_boxes(boxes, out_hw[img])
+        per_image = det.counts.tolist()
         if det.mask_probs is not None:
             masks = paste_masks_batched(det.mask_probs, boxes, img, output_sizes, s.mask_threshold, s.paste_mode)
         else:
-            masks = [torch.zeros(int(c), *size, dtype=torch.bool, device=boxes.device)
-                     for c, size in zip(det.counts.tolist(), output_sizes)]
-        per_image = [int(c) for c in det.counts.tolist()]
+            masks = [torch.zeros(c, *size, dtype=torch.bool, device=boxes.device)
+                     for c, size in zip(per_image, output_sizes)]
         return [InstancePrediction(masks=m, labels=lab, scores=sc, boxes=bx) for m, lab, sc, bx in zip(
             masks, det.labels.split(per_image), det.scores.split(per_image), boxes.split(per_image))]

@@ -20,7 +20,7 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms
 
 from lightning_seg.models.rcnn.heads import BoxHead, BoxPredictor, MaskHead
-from lightning_seg.models.rcnn.rpn import BoxTargets, top_per_image
+from lightning_seg.models.rcnn.rpn import BoxTargets, clip_boxes, top_per_image
 from lightning_seg.models.rcnn.settings import RoIHeadsSettings
 from lightning_seg.ops.box_matching import (
     batched_box_iou,
@@ -232,8 +232,7 @@ class RoIHeads(nn.Module):
             cls = flat % k
             d = deltas[roi, cls if deltas.shape[1] > 1 else torch.zeros_like(cls)]
             pred = self.box_coder.decode_single(d, boxes[roi])
-            hw = image_sizes[bi].to(pred.dtype)
-            pred = torch.minimum(pred.clamp(min=0), torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1))
+            pred = clip_boxes(pred, image_sizes[bi])
             wh = pred[:, 2:] - pred[:, :2]
             ok = torch.nonzero((wh > s.min_box_size).all(1) & torch.isfinite(pred).all(1)).squeeze(1)
             cand_boxes, cand_scores, cand_cls, cand_img = pred[ok], table[bi, flat][ok], cls[ok], bi[ok]

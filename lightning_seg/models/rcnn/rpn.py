@@ -85,9 +85,12 @@ class RPNHead(nn.Module):
 
 
 def clip_boxes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
-    """Clip ``[B, N, 4]`` xyxy boxes to each image's ``(H, W)`` (``image_sizes`` ``[B, 2]``)."""
-    hw = image_sizes.to(boxes.dtype)
-    upper = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=1)[:, None, :]
+    """Clip xyxy boxes ``[..., 4]`` to ``[0, W] x [0, H]``.
+
+    ``image_sizes``: ``(H, W)`` ``[..., 2]`` broadcastable to the boxes' leading dims (``[B, 1, 2]``
+    for ``[B, N, 4]`` boxes, ``[N, 2]`` for one size per box).
+    """
+    upper = image_sizes.to(boxes.dtype)[..., [1, 0, 1, 0]]
     return torch.minimum(boxes.clamp(min=0), upper)
 
 
@@ -254,7 +257,7 @@ class RegionProposalNetwork(nn.Module):
             boxes.append(sel.view(b, k, 4))
             scores.append(top.float())
             levels.append(torch.full_like(idx, level))
-        boxes_t = clip_boxes(torch.cat(boxes, 1), image_sizes)
+        boxes_t = clip_boxes(torch.cat(boxes, 1), image_sizes[:, None])
         scores_t, levels_t = torch.cat(scores, 1), torch.cat(levels, 1)
         wh = boxes_t[..., 2:] - boxes_t[..., :2]
         keep = (wh > self.min_box_size).all(-1) & torch.isfinite(boxes_t).all(-1) & torch.isfinite(scores_t)

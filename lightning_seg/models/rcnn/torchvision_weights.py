@@ -90,14 +90,25 @@ def load_torchvision_weights(model: MaskRCNN, weights: str | Path | dict[str, Te
     architecture or number of classes). ``num_batches_tracked`` counters are ignored where the
     model has frozen norms.
     """
-    name = str(weights) if not isinstance(weights, dict) else "state dict"
-    if not isinstance(weights, dict):
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"torchvision Mask R-CNN weights not found: {path}")
-        weights = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(weights, dict) and "model" in weights and isinstance(weights["model"], dict):
-            weights = weights["model"]
+    weights, name = _read_state(weights)
+    return _load_state(model, weights, name, class_ids)
+
+
+def _read_state(weights: str | Path | dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
+    """The state dict of a local file (or the dict itself) and a name for error messages."""
+    if isinstance(weights, dict):
+        return weights, "state dict"
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"torchvision Mask R-CNN weights not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    return state, str(path)
+
+
+def _load_state(model: MaskRCNN, weights: dict[str, Tensor], name: str,
+                class_ids: Sequence[int] | None) -> MaskRCNN:
     k = torchvision_num_classes(weights)
     if class_ids is not None:
         bad = [c for c in class_ids if not 1 <= int(c) <= k]
@@ -130,12 +141,6 @@ def mask_rcnn_from_torchvision(weights: str | Path | dict[str, Tensor], version:
         version: ``v1`` or ``v2``.
         **overrides: constructor arguments to change (e.g. ``roi_heads``).
     """
-    state = weights
-    if not isinstance(state, dict):
-        path = Path(state)
-        if not path.is_file():
-            raise FileNotFoundError(f"torchvision Mask R-CNN weights not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state, name = _read_state(weights)
     kwargs = {**torchvision_settings(version), **overrides}
-    model = MaskRCNN(torchvision_num_classes(state), **kwargs)
-    return load_torchvision_weights(model, state)
+    return _load_state(MaskRCNN(torchvision_num_classes(state), **kwargs), state, name, None)
