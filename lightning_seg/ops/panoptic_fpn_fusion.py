@@ -5,22 +5,237 @@ skipped when more than ``overlap_threshold`` of its mask is already covered; pas
 the first score below ``instance_score_threshold``. The remaining pixels take their stuff
 class from the semantic map, one segment per class, dropped when smaller than
 ``stuff_area_threshold`` pixels. Pixels whose semantic class is a thing class (detectron2's
-catch-all "things" label generalised) or void stay 0.
+catch-all "things" label generalised) or void stay 0. These are the rules of detectron2's
+``combine_semantic_and_instance_outputs`` and panopticapi's
+``combine_semantic_and_instance_predictions``.
 
-The pasting order is inherently sequential; it runs as tensor operations on the device with
-no host synchronisation inside the loop, and ``segments_info`` is copied to the host once.
+The references paste one instance at a time over the whole image. Here the score-order
+pasting is solved on the (instance, pixel) pairs of the masks (:func:`paste_in_score_order`):
+one pass over the masks, then a few passes over pairs for the whole batch at once, with no
+loop over instances.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
 from ..structures import InstancePrediction, PanopticPrediction, SegmentInfo
 from .mask_inference import thing_mask
 
-__all__ = ["panoptic_fpn_fusion"]
+__all__ = ["panoptic_fpn_fusion", "paste_in_score_order"]
+
+
+_LANE_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+
+
+def _signed(c: int) -> int:
+    """An unsigned 64-bit constant as the int64 with the same bits."""
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+class _Lanes:
+    """Constants for int64 words seen as ``8 // lane_bytes`` lanes of ``8 * lane_bytes`` bits.
+
+    Lane values stay below half the lane range, so ``x + (half - 1)`` sets a lane's top bit
+    exactly where the lane is not zero, without a carry into the next lane.
+    """
+
+    def __init__(self, lane_bytes: int) -> None:
+        self.bytes = lane_bytes
+        self.bits = bits = 8 * lane_bytes
+        self.per_word = 8 // lane_bytes
+        lanes = range(self.per_word)
+        self.ones = sum(1 << (bits * j) for j in lanes)
+        self.below_top = _signed(sum(((1 << (bits - 1)) - 1) << (bits * j) for j in lanes))
+        self.top = _signed(sum(1 << (bits * j + bits - 1) for j in lanes))
+
+    def nonzero(self, x: torch.Tensor) -> torch.Tensor:
+        """1 in every lane of ``x`` that is not zero, 0 elsewhere (lanes below half range)."""
+        # the top bit of the top lane is the sign bit: shift it down logically
+        top = ((x + self.below_top) & self.top)
+        return ((top >> (self.bits - 1)) & self.ones)
+
+    def count(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of the 0/1 lanes of every word.
+
+        Multiplying by a word of ones adds every lane into the top lane (the product wraps
+        modulo 2**64, as int64 arithmetic does on every backend; the sum, at most 8, fits).
+        """
+        return ((x * self.ones) >> (64 - self.bits)) & ((1 << self.bits) - 1)
+
+
+class _Pasting(NamedTuple):
+    owner: torch.Tensor  # [sum H_i W_i] lanes (uint8/int16/int32): 1 + rank in its image of the owner, 0 none
+    accepted: torch.Tensor  # bool [sum n_i] by image, then rank
+    orders: list[torch.Tensor]  # per image: instance index of each rank
+    passing: list[int]  # per image: ranks that may be pasted (the score prefix)
+    pixel_offsets: list[int]
+    rank_offsets: list[int]
+
+
+def _paste(masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], overlap_threshold: float,
+           score_threshold: float | None) -> _Pasting:
+    if len(masks) != len(scores):
+        raise ValueError(f"{len(masks)} mask stacks but {len(scores)} score vectors")
+    dev = masks[0].device
+    orders, flags = [], []
+    for m, s in zip(masks, scores):
+        if m.ndim != 3 or s.shape != (m.shape[0],):
+            raise ValueError(f"masks {tuple(m.shape)} and scores {tuple(s.shape)}: expected [M, H, W] and [M]")
+        order = torch.sort(s.float(), descending=True, stable=True)[1]
+        ok = torch.ones_like(order, dtype=torch.bool) if score_threshold is None else (
+            s.float()[order] >= score_threshold)
+        orders.append(order)
+        flags.append(torch.cumprod(ok.long(), 0).sum())
+        flags.append((order == torch.arange(order.numel(), device=dev)).all().long())
+    host = torch.stack(flags).tolist()  # the one mid-way host copy: prefix lengths, sortedness
+    passing, in_order = host[0::2], host[1::2]
+    n_max = max(passing)
+    ln = _Lanes(1 if n_max <= 127 else 2 if n_max <= (1 << 15) - 2 else 4)
+    values, ranks, local_ranks, positions = [], [], [], []
+    pixel_offsets, rank_offsets, word_counts = [], [], []
+    rank_off = word_off = pixel_off = 0
+    for m, order, n, sorted_ in zip(masks, orders, passing, in_order):
+        hw = m.shape[-2] * m.shape[-1]
+        nw = -(-hw // ln.per_word)
+        pixel_offsets.append(pixel_off)
+        rank_offsets.append(rank_off)
+        word_counts.append(nw)
+        if n:
+            chosen = (m[:n] if sorted_ else m.index_select(0, order[:n])).reshape(n, hw)
+            flat = chosen.to(_LANE_DTYPES[ln.bytes]) if ln.bytes > 1 else chosen.view(torch.uint8)
+            if hw % ln.per_word:
+                flat = torch.nn.functional.pad(flat, (0, nw * ln.per_word - hw))
+            words = flat.contiguous().view(torch.int64)  # [n, nw]
+            r, w = torch.nonzero(words, as_tuple=True)
+            values.append(words[r, w])
+            ranks.append(r + rank_off)
+            local_ranks.append(r)
+            positions.append(w + word_off)
+        rank_off += n
+        word_off += nw
+        pixel_off += hw
+    owner_words = torch.zeros(max(word_off, 1), dtype=torch.int64, device=dev)
+    accepted = torch.zeros(rank_off, dtype=torch.bool, device=dev)
+    if values:
+        # (word, rank) order: the masks on one word become consecutive, higher-ranked first
+        # int32 keys sort faster; a batch has far fewer than 2**31 words
+        pos, by_word = torch.sort(torch.cat(positions).int(), stable=True)
+        v, rank, local = torch.cat(values)[by_word], torch.cat(ranks)[by_word], torch.cat(local_ranks)[by_word]
+        area = torch.zeros(rank_off, dtype=torch.int64, device=dev).index_add_(0, rank, ln.count(v))
+        start = torch.ones_like(pos, dtype=torch.bool)
+        start[1:] = pos[1:] != pos[:-1]
+        shared = torch.zeros_like(start)  # words under two masks or more: only they can cover
+        shared[1:] = ~start[1:]
+        shared[:-1] |= ~start[1:]
+        si = torch.nonzero(shared).squeeze(1)
+        sv, srank = v[si], rank[si]
+        s_start = start[si]
+        s_seg = torch.cumsum(s_start, 0) - 1
+        candidate = area > 0
+        limit = overlap_threshold * area.double()
+
+        seg_first = torch.nonzero(s_start).squeeze(1)[s_seg]  # first pair of every pair's word
+
+        def covering(accept: torch.Tensor) -> torch.Tensor:
+            """Per shared pair, per lane: accepted higher-ranked masks there (a count per lane)."""
+            a = torch.where(accept[srank], sv, 0)
+            # segmented exclusive prefix sum: the running sum wraps modulo 2**64, but its
+            # difference within one word position is exact and small, so no lane carries
+            before = torch.cumsum(a, 0) - a
+            return before - before[seg_first]
+
+        def covered_area(lanes: torch.Tensor, values: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+            return torch.bincount(ranks, weights=ln.count(values & ln.nonzero(lanes)).double(), minlength=rank_off)
+
+        # coverage only grows with the accepted set: a mask within the limit when every
+        # candidate is accepted is accepted in the end ("sure") ...
+        sure = candidate & (covered_area(covering(candidate), sv, srank) <= limit)
+        accepted = sure
+        by_sure = covering(sure)
+        # ... and one over the limit with the sure masks alone is rejected in the end
+        unsure = candidate & ~sure & (covered_area(by_sure, sv, srank) <= limit)
+        if bool(unsure.any()):
+            ui = torch.nonzero(unsure[srank]).squeeze(1)
+            uv, ur, useg, ubase = sv[ui], srank[ui], s_seg[ui], by_sure[ui]
+            u_start = torch.ones_like(useg, dtype=torch.bool)
+            u_start[1:] = useg[1:] != useg[:-1]
+            u_first = torch.nonzero(u_start).squeeze(1)[torch.cumsum(u_start, 0) - 1]
+            # the rounds decide the rest, on their own pairs, over the coverage by sure masks
+            for _ in range(rank_off + 1):
+                a = torch.where(accepted[ur], uv, 0)
+                before = torch.cumsum(a, 0) - a
+                covered = covered_area(ubase + before - before[u_first], uv, ur)
+                decided = sure | (unsure & (covered <= limit))
+                if torch.equal(decided, accepted):
+                    break
+                accepted = decided
+        covered_lanes = ln.nonzero(covering(accepted))
+        # a lane is owned by the first accepted mask on it; words under one mask are its own
+        free = torch.full_like(v, ln.ones)
+        free[si] = covered_lanes ^ ln.ones
+        owned = torch.where(accepted[rank], v, 0) & free
+        # at most one mask owns each lane, so the sum writes (rank + 1) into it without carries
+        owner_words.index_add_(0, pos, owned * (local + 1))
+    lanes = owner_words.view(_LANE_DTYPES[ln.bytes])
+    if all(nw * ln.per_word == m.shape[-2] * m.shape[-1] for m, nw in zip(masks, word_counts)):
+        owner = lanes[:pixel_off]
+    else:
+        owner = torch.cat([lanes[o * ln.per_word: o * ln.per_word + m.shape[-2] * m.shape[-1]]
+                           for m, o in zip(masks, [sum(word_counts[:i]) for i in range(len(masks))])])
+    return _Pasting(owner, accepted, orders, passing, pixel_offsets, rank_offsets)
+
+
+@torch.no_grad()
+def paste_in_score_order(
+    masks: Sequence[torch.Tensor],
+    scores: Sequence[torch.Tensor],
+    overlap_threshold: float,
+    score_threshold: float | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Greedy score-order pasting of every image's instance masks, solved without a loop.
+
+    Instance ``r`` (in decreasing score order, stable) is accepted when its mask is not empty,
+    its score is at least ``score_threshold`` (and so are all scores above it: pasting stops
+    at the first low score) and at most ``overlap_threshold`` of its area is covered by the
+    masks of accepted higher-ranked instances; it then owns the pixels of its mask that no
+    accepted higher-ranked instance covers.
+
+    Each decision depends only on the decisions above it, so the accepted set is the unique
+    fixed point of ``accept = decide(accept)``; iterating that map from "all accepted" makes at
+    least one more rank final per round (after round ``n`` the first ``n`` ranks are right) and
+    usually stops after a few rounds. A round works on packed words: every mask, seen as int64
+    words of 8 one-byte pixels (wider lanes past 127 instances), contributes only its non-zero
+    words that another mask also touches, ordered by word position and rank; a segmented prefix
+    sum over them counts, lane by lane, the accepted higher-ranked masks on each pixel. The masks
+    are read once; a round costs a few passes over well under 1/8 of their area, for the whole
+    batch at once.
+
+    Args:
+        masks: ``B`` bool ``[M_i, H_i, W_i]``.
+        scores: ``B`` float ``[M_i]``.
+        overlap_threshold: maximum covered fraction of an accepted mask.
+        score_threshold: minimum score of an accepted instance (None: no minimum).
+
+    Returns:
+        ``(owners, accepted)``: per image int64 ``[H_i, W_i]`` index (into the image's
+        instances) of the instance owning each pixel, -1 where none; bool ``[M_i]``.
+    """
+    if not len(masks):
+        return [], []
+    p = _paste(masks, scores, overlap_threshold, score_threshold)
+    owners, accepts = [], []
+    for m, order, n, po, ro in zip(masks, p.orders, p.passing, p.pixel_offsets, p.rank_offsets):
+        h, w = m.shape[-2:]
+        lookup = torch.cat([order.new_full((1,), -1), order[:n]])
+        owners.append(lookup[p.owner[po: po + h * w].long()].reshape(h, w))
+        acc = torch.zeros(m.shape[0], dtype=torch.bool, device=m.device)
+        acc[order[:n]] = p.accepted[ro: ro + n]
+        accepts.append(acc)
+    return owners, accepts
 
 
 @torch.no_grad()
@@ -46,70 +261,71 @@ def panoptic_fpn_fusion(
         instance_score_threshold: instances scoring below it are not pasted.
 
     Returns:
-        ``B`` :class:`PanopticPrediction`; thing segments first (score order, ids from 1),
-        then stuff segments in class order with ``score`` 1.0.
+        ``B`` :class:`PanopticPrediction`: ``panoptic_seg`` int32 ``[H, W]`` (0 = void); thing
+        segments first (score order, ids from 1), then stuff segments in class order with
+        ``score`` 1.0.
     """
     if len(instances) != len(semantics):
         raise ValueError(
             f"{len(instances)} instance predictions but {len(semantics)} semantic maps"
         )
-    rows = []
-    maps = []
+    if not len(instances):
+        return []
+    masks, scores = [], []
     for i, (inst, sem) in enumerate(zip(instances, semantics)):
-        dev = sem.device
-        masks = inst["masks"].to(dev)
-        if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(sem.shape):
+        m = inst["masks"].to(sem.device)
+        if m.ndim != 3 or tuple(m.shape[1:]) != tuple(sem.shape):
             raise ValueError(
-                f"image {i}: instance masks {tuple(masks.shape)} do not match semantic map "
+                f"image {i}: instance masks {tuple(m.shape)} do not match semantic map "
                 f"{tuple(sem.shape)}"
             )
-        is_thing = thing_mask(thing_classes, num_classes, dev)
-        scores = inst["scores"].to(dev).float()
-        labels = inst["labels"].to(dev)
-        order = torch.sort(scores, descending=True, stable=True)[1]
-        masks, scores, labels = masks[order], scores[order], labels[order]
-        pan = torch.zeros(sem.shape, dtype=torch.int32, device=dev)
-        next_id = torch.ones((), dtype=torch.int32, device=dev)
-        passed = torch.ones((), dtype=torch.bool, device=dev)
-        seg_id = torch.zeros(order.shape[0], dtype=torch.int32, device=dev)
-        for rank in range(order.shape[0]):
-            m = masks[rank]
-            area = m.sum()
-            covered = (m & (pan > 0)).sum()
-            passed = passed & (scores[rank] >= instance_score_threshold)
-            accept = passed & (area > 0) & (covered <= overlap_threshold * area)
-            pan = torch.where(m & (pan == 0) & accept, next_id, pan)
-            seg_id[rank] = torch.where(accept, next_id, torch.zeros_like(next_id))
-            next_id = next_id + accept.int()
-        k = num_classes
-        free = (pan == 0) & (sem >= 0) & (sem < k)
-        cls = torch.where(free, sem, torch.full_like(sem, k))
-        area = torch.bincount(cls.flatten(), minlength=k + 1)[:k]
-        stuff_ok = (area >= stuff_area_threshold) & (area > 0) & ~is_thing
-        stuff_id = torch.cumsum(stuff_ok.int(), 0).int() - 1 + next_id
-        lookup = torch.where(stuff_ok, stuff_id, torch.zeros_like(stuff_id))
-        lookup = torch.cat([lookup, stuff_id.new_zeros(1)])
-        pan = torch.where(free, lookup[cls], pan)
-        maps.append(pan)
-        n = order.shape[0]
-        f64 = {"dtype": torch.float64, "device": dev}
-        thing_rows = torch.stack(
-            [torch.full((n,), float(i), **f64), seg_id.double(), labels.double(),
-             torch.ones(n, **f64), scores.double(), (seg_id > 0).double()], dim=1
-        )
-        ks = torch.arange(k, device=dev)
-        stuff_rows = torch.stack(
-            [torch.full((k,), float(i), **f64), stuff_id.double(), ks.double(),
-             torch.zeros(k, **f64), torch.ones(k, **f64), stuff_ok.double()], dim=1
-        )
-        rows.append(torch.cat([thing_rows, stuff_rows]).to(semantics[0].device))
+        masks.append(m.bool())
+        scores.append(inst["scores"].to(sem.device).float())
+    p = _paste(masks, scores, overlap_threshold, instance_score_threshold)
+    k, b = num_classes, len(semantics)
+    dev = semantics[0].device
+    is_thing = thing_mask(thing_classes, k, dev)
+    # one int32 key per pixel: 0 void, 1 + c a stuff candidate of class c, K + o the o-th
+    # ranked pasted instance; one bincount gives the stuff areas, one lookup the segment ids
+    class_key = torch.cat([torch.zeros(1), torch.arange(1, k + 1), torch.zeros(1)]).int().to(dev)
+    # maps without void (a model's argmax) need no clamping: one host copy tells which
+    bounds = torch.stack([torch.stack([s.min(), s.max()]) if s.numel() else torch.zeros(2, dtype=s.dtype, device=dev)
+                          for s in semantics]).tolist()
+    keys, areas = [], []
+    for sem, po, (lo, hi) in zip(semantics, p.pixel_offsets, bounds):
+        owner = p.owner[po: po + sem.numel()].int()
+        flat = sem.reshape(-1)
+        cls = (flat.int() + 1) if 0 <= lo and hi < k else class_key.index_select(0, flat.clamp(-1, k).add_(1))
+        key = torch.where(owner == 0, cls, owner + k)
+        keys.append(key)
+        areas.append(torch.bincount(key, minlength=k + 1)[1: k + 1])
+    area = torch.stack(areas)
+    stuff_ok = (area >= stuff_area_threshold) & (area > 0) & ~is_thing
+    # thing segment ids count from 1 over each image's accepted ranks; stuff ids follow
+    n_pass = torch.tensor(p.passing, device=dev)
+    image_of_rank = torch.repeat_interleave(torch.arange(b, device=dev), n_pass)
+    acc = p.accepted.long()
+    things_per_image = torch.zeros(b, dtype=torch.int64, device=dev).index_add_(0, image_of_rank, acc)
+    earlier = torch.cumsum(things_per_image, 0) - things_per_image
+    thing_id = torch.where(p.accepted, torch.cumsum(acc, 0) - earlier[image_of_rank], 0)
+    stuff_id = torch.cumsum(stuff_ok.long(), 1) + things_per_image[:, None]
+    stuff_lookup = torch.cat([stuff_id.new_zeros(b, 1), torch.where(stuff_ok, stuff_id, 0)], 1).int()
+    thing_id32 = thing_id.int()
+    maps = [torch.cat([stuff_lookup[i], thing_id32[ro: ro + n]]).index_select(0, key).view(sem.shape)
+            for i, (sem, key, n, ro) in enumerate(zip(semantics, keys, p.passing, p.rank_offsets))]
+    sorted_labels = torch.cat([inst["labels"].to(dev)[order[:n]] for inst, order, n in
+                               zip(instances, p.orders, p.passing)])
+    sorted_scores = torch.cat([s[order[:n]] for s, order, n in zip(scores, p.orders, p.passing)])
+    # thing rows first, in rank order, then stuff rows in class order; kept rows only, copied
+    # to the host once
+    ints = torch.cat([
+        torch.stack([image_of_rank, thing_id, sorted_labels.long(), torch.ones_like(thing_id)], 1)[p.accepted],
+        torch.stack([torch.arange(b, device=dev)[:, None].expand(b, k), stuff_id,
+                     torch.arange(k, device=dev).expand(b, k), torch.zeros_like(stuff_id)], 2)[stuff_ok],
+    ])
+    segment_scores = torch.cat([sorted_scores.double()[p.accepted],
+                                torch.ones(int(stuff_ok.sum()), dtype=torch.float64, device=dev)])
     infos: list[list[SegmentInfo]] = [[] for _ in instances]
-    if rows:
-        # Rows carry a keep flag so that filtering happens after the single copy to the host.
-        for img, sid, cat, th, s, ok in torch.cat(rows).cpu().tolist():
-            if not ok:
-                continue
-            infos[int(img)].append(
-                SegmentInfo(id=int(sid), category_id=int(cat), isthing=bool(th), score=float(s))
-            )
-    return [PanopticPrediction(panoptic_seg=p, segments_info=inf) for p, inf in zip(maps, infos)]
+    for (im, sid, cat, th), sc in zip(ints.cpu().tolist(), segment_scores.cpu().tolist()):
+        infos[im].append(SegmentInfo(id=sid, category_id=cat, isthing=th == 1, score=sc))
+    return [PanopticPrediction(panoptic_seg=m, segments_info=inf) for m, inf in zip(maps, infos)]
