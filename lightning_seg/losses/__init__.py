@@ -13,6 +13,7 @@ from lightning_seg.losses.focal import FocalLoss
 from lightning_seg.losses.lovasz import LovaszSoftmaxLoss, lovasz_softmax
 from lightning_seg.losses.ohem import OhemCrossEntropyLoss, ohem_keep_mask
 from lightning_seg.losses.set_criterion import SetCriterion
+from lightning_seg.losses.task_weighting import TaskWeighting
 
 __all__ = [
     "CombinedLoss",
@@ -22,6 +23,7 @@ __all__ = [
     "LovaszSoftmaxLoss",
     "OhemCrossEntropyLoss",
     "SetCriterion",
+    "TaskWeighting",
     "class_weights_from_counts",
     "compute_class_weights",
     "count_class_pixels",

@@ -1,4 +1,4 @@
-"""lightning_seg.models: nn.Modules only (backbones, the FPN, per-pixel, mask-classification and R-CNN models).
+"""lightning_seg.models: nn.Modules only (backbones, the FPN, per-pixel, mask-classification and R-CNN models: Mask R-CNN, Panoptic FPN, UPSNet).
 
 Tasks build their model by name with :func:`create_model`; each registered name declares its
 family (see :mod:`lightning_seg.models.registry`).
@@ -18,7 +18,7 @@ from lightning_seg.models.per_pixel import (
     convert_torchvision_state_dict,
     load_torchvision_weights,
 )
-from lightning_seg.models.rcnn import MaskRCNN
+from lightning_seg.models.rcnn import MaskRCNN, PanopticFPN, UPSNet
 from lightning_seg.models.registry import (
     MODEL_REGISTRY,
     ModelEntry,
@@ -36,6 +36,8 @@ register_model("semantic_fpn", SemanticFPN, "per_pixel")
 register_model("maskformer", MaskFormer, "mask_classification")
 register_model("mask2former", Mask2Former, "mask_classification")
 register_model("mask_rcnn", MaskRCNN, "rcnn")
+register_model("panoptic_fpn", PanopticFPN, "rcnn")
+register_model("upsnet", UPSNet, "rcnn")
 
 __all__ = [
     "FCN",

@@ -3,12 +3,36 @@ mask-classification inference and panoptic fusion, dense (sliding-window, TTA) i
 the R-CNN ops (box matching and sampling, multi-scale RoIAlign, mask targets, mask pasting).
 No Lightning imports here."""
 
-from .box_matching import batched_box_ioa, batched_box_iou, ignore_crowd_overlaps, match_boxes, sample_balanced
+from .box_matching import (
+    batched_box_ioa,
+    batched_box_iou,
+    ignore_crowd_overlaps,
+    match_boxes,
+    sample_balanced,
+)
 from .dense_inference import crop_and_resize, dense_probabilities, slide_inference
 from .linear_assignment import sanitize_costs, solve_assignment
-from .mask_inference import instance_inference, panoptic_inference, semantic_inference, thing_mask
-from .mask_resize import ResizeTaps, resize_height, resize_rows, resize_taps, resize_width
-from .matching import Matching, hungarian_match, mask_matching_costs, match_masks, point_mask_costs
+from .mask_inference import (
+    instance_inference,
+    panoptic_inference,
+    semantic_inference,
+    thing_mask,
+)
+from .mask_paste import paste_masks, paste_masks_batched
+from .mask_resize import (
+    ResizeTaps,
+    resize_height,
+    resize_rows,
+    resize_taps,
+    resize_width,
+)
+from .matching import (
+    Matching,
+    hungarian_match,
+    mask_matching_costs,
+    match_masks,
+    point_mask_costs,
+)
 from .matching_costs import (
     box_l1_cost,
     class_cost,
@@ -17,10 +41,8 @@ from .matching_costs import (
     pairwise_sigmoid_bce,
     pairwise_sigmoid_focal,
 )
-from .mask_paste import paste_masks, paste_masks_batched
 from .matrix_nms import MatrixNMSResult, mask_iou_matrix, matrix_nms
 from .panoptic_fpn_fusion import panoptic_fpn_fusion
-from .roi_pooling import assign_fpn_levels, crop_mask_targets, multiscale_roi_align
 from .point_sampling import (
     point_sample,
     point_sample_binary,
@@ -28,6 +50,7 @@ from .point_sampling import (
     sample_points_by_uncertainty,
     uncertainty_from_logits,
 )
+from .roi_pooling import assign_fpn_levels, crop_mask_targets, multiscale_roi_align
 
 __all__ = [
     "assign_fpn_levels",

@@ -35,6 +35,7 @@ __all__ = [
     "panoptic_inference",
     "thing_mask",
     "band_budget_for",
+    "resized_argmax",
 ]
 
 Size = tuple[int, int]
@@ -101,6 +102,42 @@ def thing_mask(
         if int(t.min()) < 0 or int(t.max()) >= num_classes:
             raise ValueError(f"thing class ids {t.tolist()} outside [0, {num_classes})")
         out[t.long()] = True
+    return out
+
+
+@torch.no_grad()
+def resized_argmax(
+    logits: torch.Tensor,
+    padded_size: Size,
+    image_size: Size,
+    out_size: Size,
+    band_budget: int | None = None,
+) -> torch.Tensor:
+    """Argmax over channels of logits brought to an image's output size, band by band.
+
+    The logits cover the padded input; as detectron2's ``sem_seg_postprocess`` they are
+    resized to the padded size, cropped to the image, resized to ``out_size`` (bilinear, in one
+    separable step, :mod:`.mask_resize`), without ``[C, H0, W0]`` existing at once.
+
+    Args:
+        logits: float ``[C, h, w]``.
+        padded_size: ``(Hp, Wp)`` of the padded input.
+        image_size: ``(H, W)`` valid region of the padded input.
+        out_size: ``(H0, W0)``.
+        band_budget: elements per band of output rows; ``None`` uses :func:`band_budget_for`.
+
+    Returns:
+        int64 ``[H0, W0]`` (the first maximal channel on ties).
+    """
+    if band_budget is None:
+        band_budget = band_budget_for(logits.device, 1 << 20)
+    c = logits.shape[0]
+    ty, tx = _taps(logits, tuple(padded_size), tuple(image_size), tuple(out_size))
+    h0, w0 = out_size
+    out = torch.empty(h0, w0, dtype=torch.long, device=logits.device)
+    wide = resize_width(logits.float(), tx)
+    for rows in row_bands(h0, c * w0, band_budget):
+        out[rows] = resize_height(wide, ty, rows).max(0).indices
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
+
 from .linear_assignment import solve_assignment
 from .matching_costs import class_cost, pairwise_dice, pairwise_sigmoid_bce
 from .point_sampling import (

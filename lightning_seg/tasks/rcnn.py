@@ -1,8 +1,10 @@
-"""``RCNNModule``: two-stage instance segmentation (Mask R-CNN) on the shared task base.
+"""``RCNNModule``: the R-CNN family on the shared task base: Mask R-CNN (instance), Panoptic FPN
+and UPSNet (panoptic, with the instances and, for UPSNet, the semantic head's class map).
 
 Trains on the thing instances of the batch (crowd regions are neither positive nor negative for
-the RPN and the RoI sampling; images without annotations are kept and give a zero mask loss),
-predicts instances with boxes, scored as mask AP and box AP.
+the RPN and the RoI sampling; images without annotations are kept and give a zero mask loss)
+and, for the panoptic models, on the semantic map and the panoptic target; predicts instances
+with boxes, scored as mask AP and box AP, and panoptic results scored as PQ.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import Tensor
 from lightning_seg.metrics.task_metrics import Kind
 from lightning_seg.models.layers import Norm
 from lightning_seg.models.rcnn.settings import (
+    PanopticSettings,
     RoIHeadsSettings,
     RPNSettings,
     settings_dict,
@@ -26,7 +29,8 @@ from lightning_seg.tasks.optimization import Schedule
 
 
 class RCNNModule(SegTask):
-    """Mask R-CNN (``model: mask_rcnn``) for instance segmentation.
+    """Mask R-CNN (``model: mask_rcnn``) for instance segmentation; Panoptic FPN
+    (``panoptic_fpn``) and UPSNet (``upsnet``) for panoptic segmentation.
 
     Defaults are detectron2's R50-FPN recipe: torchvision ResNet-50 with frozen BN and frozen
     stem + res2, SGD 0.02 with momentum 0.9 and weight decay 1e-4, 1000 warm-up steps, steps at
@@ -45,6 +49,9 @@ class RCNNModule(SegTask):
             to start from; the architecture arguments must match it.
         torchvision_class_ids: torchvision label of each class (COCO: the category ids, since
             torchvision's COCO models have 91 labels); default labels ``1..K``.
+        panoptic: :class:`~lightning_seg.models.rcnn.settings.PanopticSettings` fields of the
+            panoptic models (semantic head, task loss weights or ``loss_weighting: uncertainty``,
+            fusion and inference thresholds), e.g. ``--model.panoptic.stuff_area_threshold 64``.
         **kwargs: :class:`~lightning_seg.tasks.base.SegTask` arguments.
     """
 
@@ -66,6 +73,7 @@ class RCNNModule(SegTask):
         roi_heads: RoIHeadsSettings | None = None,
         torchvision_weights: str | None = None,
         torchvision_class_ids: list[int] | None = None,
+        panoptic: PanopticSettings | None = None,
         optimizer: Literal["adamw", "sgd"] = "sgd",
         lr: float = 0.02,
         weight_decay: float = 1e-4,
@@ -78,6 +86,7 @@ class RCNNModule(SegTask):
         # plain dicts in the hyper-parameters, so checkpoints load with weights_only=True
         rpn = settings_dict(rpn, RPNSettings, "model.rpn")  # type: ignore[assignment]
         roi_heads = settings_dict(roi_heads, RoIHeadsSettings, "model.roi_heads")  # type: ignore[assignment]
+        panoptic = settings_dict(panoptic, PanopticSettings, "model.panoptic")  # type: ignore[assignment]
         lr_milestones = lr_milestones if lr_milestones is not None else [2 / 3, 8 / 9]
         super().__init__(num_classes, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                          backbone_lr_multiplier=backbone_lr_multiplier, lr_schedule=lr_schedule,
@@ -85,23 +94,39 @@ class RCNNModule(SegTask):
 
     def configure_models(self) -> None:
         from lightning_seg.models import create_model, model_entry
+        from lightning_seg.models.rcnn.panoptic_fpn import PanopticRCNN
         from lightning_seg.models.rcnn.torchvision_weights import (
             load_torchvision_weights,
         )
 
         hp = self.hparams
-        name = model_entry(hp.model, "rcnn", key="model.model").name
+        entry = model_entry(hp.model, "rcnn", key="model.model")
+        self.is_panoptic = issubclass(entry.cls, PanopticRCNN)
+        extra: dict[str, Any] = {}
+        if self.is_panoptic:
+            extra = dict(thing_classes=self.thing_classes, panoptic=hp.panoptic)
         self.model = create_model(
-            name, "rcnn", num_classes=self.num_classes, backbone=hp.backbone, backbone_source=hp.backbone_source,
+            entry.name, "rcnn", num_classes=self.num_classes, backbone=hp.backbone, backbone_source=hp.backbone_source,
             pretrained=hp.pretrained, frozen_stages=hp.frozen_stages, freeze_bn=hp.freeze_bn,
             backbone_kwargs=hp.backbone_kwargs, fpn_channels=hp.fpn_channels, fpn_norm=hp.fpn_norm,
-            rpn=hp.rpn, roi_heads=hp.roi_heads,
+            rpn=hp.rpn, roi_heads=hp.roi_heads, **extra,
         )
         if hp.torchvision_weights:
+            if self.is_panoptic:
+                raise ValueError("model.torchvision_weights: torchvision's checkpoints are Mask R-CNN; load them "
+                                 "into a mask_rcnn model, or start a panoptic model with model.init_from")
             load_torchvision_weights(self.model, hp.torchvision_weights, hp.torchvision_class_ids)
 
+    def configure_losses(self) -> None:
+        from lightning_seg.losses import TaskWeighting
+
+        if self.is_panoptic:
+            self.task_weighting = TaskWeighting(self.model.task_weights(), self.model.panoptic.loss_weighting)
+
     def available_kinds(self) -> tuple[Kind, ...]:
-        return ("instance",)
+        if not self.is_panoptic:
+            return ("instance",)
+        return tuple(self.model.prediction_kinds)
 
     @staticmethod
     def image_sizes(batch: Batch) -> Tensor:
@@ -110,12 +135,19 @@ class RCNNModule(SegTask):
                             device=batch["images"].device)
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
+        if self.is_panoptic:
+            targets = self.model.targets_from_batch(batch["targets"])
+            terms = self.model(batch["images"], self.image_sizes(batch), targets)
+            return self.task_weighting(terms, self.model.loss_tasks(terms))
         targets = box_targets_from_batch(batch["targets"], with_masks=self.model.roi_heads.mask_head is not None)
         return self.model(batch["images"], self.image_sizes(batch), targets)
 
     def predict(self, batch: Batch, at_original_size: bool) -> dict[str, list[Any]]:
         key = "orig_size" if at_original_size else "target_size"
         sizes = self.image_sizes(batch)
-        detections = self.model(batch["images"], sizes)
         outputs = [tuple(int(v) for v in t[key]) for t in batch["targets"]]
+        if self.is_panoptic:
+            preds = self.model.postprocess(self.model(batch["images"], sizes), sizes, outputs)
+            return {k: preds[k] for k in self.eval_kinds}
+        detections = self.model(batch["images"], sizes)
         return {"instance": self.model.postprocess(detections, sizes, outputs)}

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_seg.models.per_pixel.base import PixelSegmentationModel
-from lightning_seg.models.layers import ConvNormAct, Norm
+from lightning_seg.models.layers import Norm
 from lightning_seg.models.necks import FPN
+from lightning_seg.models.semantic_heads import SemanticFPNHead
 
 
 class SemanticFPN(PixelSegmentationModel):
@@ -18,7 +17,8 @@ class SemanticFPN(PixelSegmentationModel):
 
     Each pyramid level at stride ``s`` goes through ``max(1, log2(s / 4))`` blocks of
     3x3 conv-norm-ReLU (+ 2x bilinear upsampling while above stride 4); the levels are summed
-    at stride 4 and classified by a 1x1 conv.
+    at stride 4 and classified by a 1x1 conv (:class:`~lightning_seg.models.semantic_heads.SemanticFPNHead`,
+    shared with Panoptic FPN).
 
     Input images float ``[B, 3, H, W]`` in ``[0, 1]``; output logits ``[B, K, H, W]``, or
     ``{"out", "aux"}`` with ``aux_head=True`` (see :mod:`lightning_seg.models.per_pixel.base`).
@@ -53,26 +53,15 @@ class SemanticFPN(PixelSegmentationModel):
                              f"from backbone {self.backbone_name!r}")
         self.common_stride = strides[0]
         self.fpn = FPN(self.backbone.channels, fpn_channels, fpn_norm)
-        self.scale_heads = nn.ModuleList()
-        for stride in strides:
-            steps = max(1, int(math.log2(stride // self.common_stride)))
-            self.scale_heads.append(nn.ModuleList(
-                ConvNormAct(fpn_channels if k == 0 else head_channels, head_channels, 3, norm=norm)
-                for k in range(steps)
-            ))
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Conv2d(head_channels, num_classes, 1))
+        self.head = SemanticFPNHead(fpn_channels, strides, num_classes, head_channels, norm, dropout)
+        self._register_load_state_dict_pre_hook(_rename_flat_head_keys)
 
     def decode(self, features: list[Tensor], image_size: tuple[int, int]) -> Tensor:
         """Class logits ``[B, K, h, w]`` at the finest feature's stride (4)."""
-        h, w = image_size
-        total = None
-        for level, stride, convs in zip(self.fpn(features), self.backbone.strides, self.scale_heads):
-            x = level
-            for conv in convs:
-                x = conv(x)
-                if stride > self.common_stride:
-                    stride //= 2
-                    x = F.interpolate(x, size=(math.ceil(h / stride), math.ceil(w / stride)),
-                                      mode="bilinear", align_corners=False)
-            total = x if total is None else total + x
-        return self.classifier(total)
+        return self.head(self.fpn(features))
+
+
+def _rename_flat_head_keys(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Checkpoints from before the shared head kept ``scale_heads.*``/``classifier.*`` at the top."""
+    for key in [k for k in state_dict if k.startswith(prefix + "scale_heads.") or k.startswith(prefix + "classifier.")]:
+        state_dict[prefix + "head." + key[len(prefix):]] = state_dict.pop(key)

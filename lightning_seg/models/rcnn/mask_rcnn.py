@@ -61,6 +61,7 @@ class MaskRCNN(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.fpn_channels = fpn_channels
         self.backbone = build_backbone(backbone, backbone_source, pretrained, None, frozen_stages, freeze_bn,
                                        backbone_kwargs)
         if self.backbone.feature_names[-4:] != ["res2", "res3", "res4", "res5"]:

@@ -161,20 +161,22 @@ class RoIHeads(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def detect(self, features: Sequence[Tensor], proposals: Tensor, valid: Tensor, image_sizes: Tensor) -> Detections:
+    def detect(self, features: Sequence[Tensor], proposals: Tensor, valid: Tensor, image_sizes: Tensor,
+               with_masks: bool = True) -> Detections:
         """Scored, suppressed detections (and their mask probabilities) of every image.
 
         Args:
             features: P2-P5 float ``[B, C, h_l, w_l]``.
             proposals: float ``[B, P, 4]``; valid: bool ``[B, P]``.
             image_sizes: int64 ``[B, 2]`` ``(H, W)`` before padding.
+            with_masks: run the mask head on the detections.
         """
         bi, pi = torch.nonzero(valid, as_tuple=True)
         boxes = proposals[bi, pi]
         rois = torch.cat([bi[:, None].to(boxes.dtype), boxes], 1)
         logits, deltas = self._box_outputs(features, rois)
         det = self.select_detections(logits, deltas, boxes, bi, image_sizes)
-        if self.mask_head is not None:
+        if self.mask_head is not None and with_masks:
             det_rois = torch.cat([det.image_index[:, None].to(det.boxes.dtype), det.boxes], 1)
             det.mask_probs = self._mask_logits(features, det_rois, det.labels).sigmoid()
         return det

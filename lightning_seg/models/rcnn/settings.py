@@ -116,6 +116,48 @@ class RoIHeadsSettings:
     mask_loss_weight: float = 1.0
 
 
+@dataclass
+class PanopticSettings:
+    """Semantic head, loss weights and panoptic inference of Panoptic FPN and UPSNet.
+
+    ``None`` takes the model's recipe value (Panoptic FPN / UPSNet).
+
+    Attributes:
+        semantic_channels: width of the semantic head (128).
+        semantic_norm: its normalisation (GroupNorm).
+        semantic_deformable: deformable 3x3 convs in UPSNet's semantic subnet (UPSNet: True).
+        semantic_convs: depth of UPSNet's shared semantic subnet (2).
+        semantic_loss_weight: weight of the semantic cross-entropy (0.5 / 0.2).
+        instance_loss_weight: weight of the Mask R-CNN terms (1.0).
+        panoptic_loss_weight: weight of UPSNet's panoptic cross-entropy (0.1).
+        loss_weighting: ``fixed`` weights, or ``uncertainty``: task weights learned by
+            homoscedastic uncertainty (Kendall et al., 2018), started at the fixed weights.
+        overlap_threshold: Panoptic FPN fusion: an instance more covered than this is skipped.
+        stuff_area_threshold: stuff segments smaller than this (pixels) are dropped (4096).
+        instance_score_threshold: detections below this score are not used (0.5).
+        keep_instance_fraction: UPSNet training: fraction of ground-truth instances given to the
+            panoptic head; the pixels of the others are its "unknown" class (0.7).
+        instance_nms_threshold: UPSNet inference: class-agnostic NMS IoU of the detections (0.5).
+        instance_covered_threshold: UPSNet inference: a detection whose mask is more covered
+            than this by higher-scored ones is dropped (0.3).
+    """
+
+    semantic_channels: int = 128
+    semantic_norm: Norm = "GN"
+    semantic_deformable: bool | None = None
+    semantic_convs: int = 2
+    semantic_loss_weight: float | None = None
+    instance_loss_weight: float = 1.0
+    panoptic_loss_weight: float = 0.1
+    loss_weighting: Literal["fixed", "uncertainty"] = "fixed"
+    overlap_threshold: float = 0.5
+    stuff_area_threshold: int = 4096
+    instance_score_threshold: float = 0.5
+    keep_instance_fraction: float = 0.7
+    instance_nms_threshold: float = 0.5
+    instance_covered_threshold: float = 0.3
+
+
 def settings_from(value: Any, cls: type, key: str) -> Any:
     """``cls`` from an instance, a mapping of its fields (unknown keys fail naming ``key``) or None."""
     if value is None:

@@ -1,0 +1,185 @@
+"""UPSNet (Xiong et al., 2019): Mask R-CNN + a deformable semantic head over all classes + a
+parameter-free panoptic head that learns the fusion, with an "unknown" class.
+
+Training feeds the panoptic head the ground-truth boxes and classes of a random
+``keep_instance_fraction`` of every image's instances; the pixels of the others are labelled
+"unknown", so that channel learns to claim thing pixels no instance explains. Inference takes the
+detections scoring at least ``instance_score_threshold``, suppresses them class-agnostically,
+drops those whose mask (at the logits' resolution) is more than ``instance_covered_threshold``
+covered by higher-scored ones, and reads the panoptic argmax; unknown pixels are void.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from lightning_seg.models.rcnn.panoptic_fpn import (
+    IGNORE,
+    PanopticOutputs,
+    PanopticRCNN,
+    PanopticTargets,
+    panoptic_targets_with_segments,
+)
+from lightning_seg.models.rcnn.settings import PanopticSettings
+from lightning_seg.models.semantic_heads import UPSNetSemanticHead
+from lightning_seg.ops.mask_inference import resized_argmax
+from lightning_seg.ops.mask_paste import paste_masks_batched
+from lightning_seg.ops.panoptic_fpn_fusion import paste_in_score_order
+from lightning_seg.ops.upsnet_panoptic import (
+    upsnet_panoptic_inference,
+    upsnet_panoptic_logits,
+)
+
+
+class UPSNet(PanopticRCNN):
+    """UPSNet on a ResNet + FPN.
+
+    Training returns the Mask R-CNN terms, ``loss_sem_seg`` (cross-entropy over all classes of
+    the x4 upsampled semantic logits) and ``loss_panoptic`` (cross-entropy of the x4 upsampled
+    panoptic logits against the panoptic target: stuff class, the instance's slot, unknown for
+    dropped instances, ignored on crowd and void), unweighted by task (see :meth:`task_weights`;
+    UPSNet: semantic 0.2, panoptic 0.1).
+
+    Args:
+        num_classes, thing_classes, panoptic: see :class:`~lightning_seg.models.rcnn.panoptic_fpn.PanopticRCNN`.
+        **mask_rcnn_args: :class:`~lightning_seg.models.rcnn.MaskRCNN` arguments.
+    """
+
+    semantic_loss_weight = 0.2
+    semantic_deformable = True
+    prediction_kinds = ("panoptic", "instance", "semantic")
+
+    def __init__(self, num_classes: int, thing_classes: Sequence[int], panoptic: PanopticSettings | dict[str, Any] | None = None,
+                 **mask_rcnn_args: Any) -> None:
+        super().__init__(num_classes, thing_classes, panoptic, **mask_rcnn_args)
+        p = self.panoptic
+        self.semantic_head = UPSNetSemanticHead(self.fpn_channels, self.fpn.strides[:4], num_classes, p.semantic_channels,
+                                                p.semantic_convs, p.semantic_norm, bool(p.semantic_deformable))
+        stuff_index = torch.full((num_classes,), -1, dtype=torch.int64)
+        stuff_index[self.stuff_ids] = torch.arange(self.stuff_ids.numel())
+        self.register_buffer("stuff_index", stuff_index, persistent=False)
+
+    def task_weights(self) -> dict[str, float]:
+        return {**super().task_weights(), "panoptic": self.panoptic.panoptic_loss_weight}
+
+    def semantic_class_map(self) -> Tensor:
+        """Every class keeps its id: the semantic head predicts all ``K`` classes."""
+        return torch.arange(self.total_classes, device=self.stuff_ids.device)
+
+    def targets_from_batch(self, targets: Sequence[dict[str, Any]]) -> PanopticTargets:
+        return panoptic_targets_with_segments(self, targets)
+
+    def forward(self, images: Tensor, image_sizes: Tensor,
+                targets: PanopticTargets | None = None) -> dict[str, Tensor] | PanopticOutputs:
+        """Loss terms (with ``targets``) or :class:`~lightning_seg.models.rcnn.panoptic_fpn.PanopticOutputs`.
+
+        Args:
+            images: float ``[B, 3, Hp, Wp]`` in ``[0, 1]``, padded.
+            image_sizes: int64 ``[B, 2]`` ``(H, W)`` before padding.
+            targets: from :meth:`targets_from_batch` (training).
+        """
+        features = self.features(images)
+        semantic = self.semantic_head(features[:4])
+        if targets is None:
+            return self._panoptic_outputs(features, semantic, images, image_sizes)
+        losses = self._instance_losses(features, images, image_sizes, targets.boxes)
+        losses["loss_sem_seg"] = self._semantic_loss(semantic, targets.semantic)
+        losses["loss_panoptic"] = self.panoptic_loss(features, semantic, targets)
+        return losses
+
+    def panoptic_target(self, targets: PanopticTargets, keep: Tensor, num_slots: int) -> Tensor:
+        """int64 ``[B, Hp, Wp]`` channel of every pixel: its stuff class, its kept instance's slot
+        (slots in ground-truth column order), unknown (``S + num_slots``) for a dropped instance,
+        255 on crowd, void and things that are not ground-truth instances.
+
+        Args:
+            targets: with the segment maps.
+            keep: bool ``[B, G]`` ground-truth columns given to the panoptic head.
+            num_slots: ``N``.
+        """
+        s = self.stuff_ids.numel()
+        cls, col = targets.segment_classes, targets.segment_columns
+        stuff = self.stuff_index[cls.clamp(min=0)]
+        slot = torch.cumsum(keep.long(), 1) - 1
+        c = col.clamp(min=0)
+        instance = torch.where(keep.gather(1, c), s + slot.gather(1, c), torch.full_like(c, s + num_slots))
+        channel = torch.where((cls >= 0) & (stuff >= 0) & ~targets.segment_crowd, stuff,
+                              torch.where(col >= 0, instance, torch.full_like(c, IGNORE)))
+        seg = targets.segments
+        out = torch.gather(channel, 1, seg.clamp(min=0).flatten(1)).view_as(seg)
+        return torch.where(seg >= 0, out, torch.full_like(out, IGNORE))
+
+    def panoptic_loss(self, features: list[Tensor], semantic: Tensor, targets: PanopticTargets) -> Tensor:
+        """Cross-entropy of the panoptic logits built from the kept ground-truth instances."""
+        bt = targets.boxes
+        b, g = bt.valid.shape
+        # a random keep_instance_fraction of every image's instances (the count rounded)
+        r = torch.rand(b, g, device=bt.boxes.device).masked_fill(~bt.valid, 2.0)
+        rank = r.argsort(1).argsort(1)
+        n_keep = torch.round(bt.valid.sum(1).float() * self.panoptic.keep_instance_fraction).long()
+        keep = bt.valid & (rank < n_keep[:, None])
+        bi, gi = torch.nonzero(keep, as_tuple=True)
+        num_slots = max(1, int(keep.sum(1).max()))
+        boxes = bt.boxes[bi, gi]
+        labels = bt.labels[bi, gi]
+        rois = torch.cat([bi[:, None].to(boxes.dtype), boxes], 1)
+        mask_logits = self.roi_heads._mask_logits(features[:4], rois, labels)
+        stride = self.fpn.strides[0]
+        logits = upsnet_panoptic_logits(semantic.float(), self.stuff_ids, self.thing_ids, mask_logits.float(),
+                                        boxes / stride, self.thing_ids[labels], bi, num_slots)
+        target = self.panoptic_target(targets, keep, num_slots)
+        up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        if not bool((target != IGNORE).any()):
+            return up.sum() * 0.0
+        return F.cross_entropy(up, target, ignore_index=IGNORE)
+
+    @torch.no_grad()
+    def _panoptic_outputs(self, features: list[Tensor], semantic: Tensor, images: Tensor,
+                          image_sizes: Tensor) -> PanopticOutputs:
+        p = self.panoptic
+        det = self._detect(features, images, image_sizes, with_masks=False)
+        b = image_sizes.shape[0]
+        h, w = semantic.shape[-2:]
+        stride = self.fpn.strides[0]
+        rois = torch.cat([det.image_index[:, None].to(det.boxes.dtype), det.boxes], 1)
+        mask_logits = self.roi_heads._mask_logits(features[:4], rois, det.labels).float()
+        det.mask_probs = mask_logits.sigmoid()
+        idx = torch.nonzero(det.scores >= p.instance_score_threshold).squeeze(1)
+        idx = idx[batched_nms(det.boxes[idx].double(), det.scores[idx].double(), det.image_index[idx],
+                              p.instance_nms_threshold)]
+        # grouped by image, in decreasing score order within each (batched_nms sorts by score)
+        idx = idx[torch.sort(det.image_index[idx], stable=True)[1]]
+        counts = torch.bincount(det.image_index[idx], minlength=b).tolist()
+        binary = paste_masks_batched(det.mask_probs[idx], det.boxes[idx] / stride, det.image_index[idx],
+                                     [(h, w)] * b, threshold=0.5)
+        _, accepted = paste_in_score_order(binary, list(det.scores[idx].split(counts)), p.instance_covered_threshold)
+        idx = idx[torch.cat(accepted)] if idx.numel() else idx
+        counts = torch.bincount(det.image_index[idx], minlength=b)
+        num_slots = max(1, int(counts.max())) if b else 1
+        logits = upsnet_panoptic_logits(semantic.float(), self.stuff_ids, self.thing_ids, mask_logits[idx],
+                                        det.boxes[idx] / stride, self.thing_ids[det.labels[idx]], det.image_index[idx],
+                                        num_slots)
+        return PanopticOutputs(det, semantic, (int(images.shape[-2]), int(images.shape[-1])), logits, idx)
+
+    @torch.no_grad()
+    def postprocess(self, outputs: PanopticOutputs, image_sizes: Tensor,  # type: ignore[override]
+                    output_sizes: list[tuple[int, int]]) -> dict[str, list[Any]]:
+        """``{"panoptic": [...], "instance": [...], "semantic": [...]}`` at ``output_sizes``."""
+        det, idx = outputs.detections, outputs.panoptic_index
+        b = image_sizes.shape[0]
+        sizes = [tuple(int(v) for v in s) for s in image_sizes]
+        counts = torch.bincount(det.image_index[idx], minlength=b).tolist()
+        labels = list(self.thing_ids[det.labels[idx]].split(counts))
+        scores = list(det.scores[idx].split(counts))
+        panoptic = upsnet_panoptic_inference(outputs.panoptic_logits, counts, self.stuff_ids, labels, scores,
+                                             outputs.padded_size, sizes, output_sizes, self.panoptic.stuff_area_threshold)
+        semantic = [resized_argmax(outputs.semantic_logits[i], outputs.padded_size, sizes[i], size)
+                    for i, size in enumerate(output_sizes)]
+        return {"panoptic": panoptic, "instance": self.instance_predictions(outputs, image_sizes, output_sizes),
+                "semantic": semantic}
