@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from lightning_seg.models import list_models, model_entry
+from lightning_seg.models.rcnn import PanopticOutputs
 from lightning_seg.structures import collate
 from lightning_seg.tasks import MaskClassificationModule, RCNNModule, SemanticSegmentationModule
 
@@ -55,6 +56,13 @@ CASES: dict[str, tuple[type, dict[str, Any]]] = {
     "mask_rcnn_4conv1fc_agnostic": (RCNNModule, dict(model="mask_rcnn", **{**_RCNN, "fpn_norm": "GN", "roi_heads": dict(
         _RCNN["roi_heads"], box_head_convs=2, box_head_conv_dim=8, box_head_fcs=1, box_head_norm="GN",
         class_agnostic_box=True, class_agnostic_mask=True, mask_head_norm="GN")})),
+    "panoptic_fpn": (RCNNModule, dict(model="panoptic_fpn", panoptic=dict(semantic_channels=8, stuff_area_threshold=4,
+                                                                          instance_score_threshold=0.0), **_RCNN)),
+    "upsnet": (RCNNModule, dict(model="upsnet", panoptic=dict(semantic_channels=8, stuff_area_threshold=4,
+                                                              instance_score_threshold=0.0), **_RCNN)),
+    "upsnet_plain_uncertainty": (RCNNModule, dict(model="upsnet", panoptic=dict(
+        semantic_channels=8, semantic_deformable=False, loss_weighting="uncertainty", instance_score_threshold=0.0),
+        **_RCNN)),
 }
 # BatchNorm over the 1x1 image-pooling map of ASPP cannot train on one image (torch refuses it).
 NO_TRAIN_BATCH_OF_ONE = {"deeplabv3", "deeplabv3plus"}
@@ -105,7 +113,15 @@ def raw_outputs(task, b: dict[str, Any]) -> Any:
 
 def check_outputs(family: str, out: Any, b: int, h: int, w: int, queries: int) -> None:
     """The family's raw-output contract (see ``../shared/DESIGN.md``)."""
-    if family == "rcnn":
+    if family == "rcnn" and isinstance(out, PanopticOutputs):
+        c = out.semantic_logits.shape[1]
+        assert tuple(out.semantic_logits.shape) == (b, c, math.ceil(h / 4), math.ceil(w / 4)) and c in (K, K - len(THINGS) + 1)
+        assert torch.isfinite(out.semantic_logits).all() and out.padded_size == (h, w)
+        if out.panoptic_logits is not None:
+            assert out.panoptic_logits.shape[0] == b and out.panoptic_logits.shape[-2:] == out.semantic_logits.shape[-2:]
+            assert torch.isfinite(out.panoptic_logits).all()
+        check_outputs(family, out.detections, b, h, w, queries)
+    elif family == "rcnn":
         d = out.boxes.shape[0]
         assert out.boxes.dtype == torch.float32 and out.boxes.shape == (d, 4) and torch.isfinite(out.boxes).all()
         assert (out.boxes[:, 0::2] <= w).all() and (out.boxes[:, 1::2] <= h).all() and (out.boxes >= 0).all()
@@ -226,7 +242,7 @@ def flat(o: Any) -> list[torch.Tensor]:
         return [o]
     if dataclasses.is_dataclass(o):
         o = [getattr(o, f.name) for f in dataclasses.fields(o)]
-    if o is None:
+    if not isinstance(o, (dict, list, tuple)):
         return []
     return [t for v in (o.values() if isinstance(o, dict) else o) for t in flat(v)]
 
