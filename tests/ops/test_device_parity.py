@@ -240,3 +240,42 @@ def test_rcnn_ops_and_mask_rcnn_on_cuda():
     n = min(len(want.scores), len(got.scores), 20)
     torch.testing.assert_close(got.scores[:n].cpu(), want.scores[:n], atol=1e-4, rtol=0)
     torch.testing.assert_close(got.boxes[:n].cpu(), want.boxes[:n], atol=1e-2, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: the panoptic R-CNN ops have no device-dependent "
+                    "settings, so a CPU run would compare one path with itself")
+def test_panoptic_rcnn_ops_and_models_on_cuda():
+    from lightning_seg.models.rcnn import PanopticFPN, UPSNet
+    from lightning_seg.ops.panoptic_fpn_fusion import paste_in_score_order
+    from lightning_seg.ops.upsnet_panoptic import upsnet_panoptic_logits
+
+    g = torch.Generator().manual_seed(0)
+    masks = [torch.rand(n, 33, 47, generator=g) < 0.3 for n in (40, 0, 140)]
+    scores = [torch.rand(m.shape[0], generator=g) for m in masks]
+    own_ref, acc_ref = paste_in_score_order(masks, scores, 0.5, 0.2)
+    own, acc = paste_in_score_order([m.cuda() for m in masks], [s.cuda() for s in scores], 0.5, 0.2)
+    for a, b, c, d in zip(own, own_ref, acc, acc_ref):
+        assert torch.equal(a.cpu(), b) and torch.equal(c.cpu(), d)
+
+    sem = torch.randn(2, K, 12, 16, generator=g)
+    xy = torch.rand(5, 2, generator=g) * 8
+    boxes = torch.cat([xy, xy + torch.rand(5, 2, generator=g) * 6 + 1], 1)
+    args = (torch.tensor([3, 4]), torch.tensor(THINGS), torch.randn(5, 7, 7, generator=g), boxes,
+            torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 0, 0, 1, 1]), 3)
+    ref = upsnet_panoptic_logits(sem, *args)
+    got = upsnet_panoptic_logits(sem.cuda(), *[a.cuda() if torch.is_tensor(a) else a for a in args])
+    torch.testing.assert_close(got.cpu(), ref, rtol=1e-5, atol=1e-5)
+
+    images = torch.rand(2, 3, 64, 64, generator=g)
+    sizes = torch.tensor([[64, 64], [60, 56]])
+    tiny = dict(backbone="resnet18", fpn_channels=16, panoptic=dict(semantic_channels=8, instance_score_threshold=0.0,
+                                                                  stuff_area_threshold=4))
+    for cls in (PanopticFPN, UPSNet):
+        torch.manual_seed(0)
+        model = cls(K, THINGS, **tiny).eval()
+        with torch.no_grad():
+            a = model.postprocess(model(images, sizes), sizes, [(64, 64), (60, 56)])
+            model.cuda()
+            b = model.postprocess(model(images.cuda(), sizes.cuda()), sizes.cuda(), [(64, 64), (60, 56)])
+        for x, y in zip(a["panoptic"], b["panoptic"]):
+            assert (x["panoptic_seg"] == y["panoptic_seg"].cpu()).float().mean() > 0.99

@@ -40,3 +40,12 @@ def test_instance_quickstart_short_budget_learns(tmp_path, monkeypatch):
     assert untrained < 0.05
     assert trained["val/AP"] > untrained + 0.3, (untrained, trained)
     assert trained["val/bbox_AP"] > 0.2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["quickstart_panoptic_fpn.yaml", "quickstart_upsnet.yaml"])
+def test_panoptic_rcnn_quickstarts_short_budget_learn(config, tmp_path, monkeypatch):
+    untrained, trained = short_run(QUICKSTART.with_name(config), 600, "val/PQ", tmp_path, monkeypatch)
+    assert untrained < 0.2
+    assert trained["val/PQ"] > untrained + 0.3, (untrained, trained)
+    assert trained["val/PQ_th"] > 0.3 and trained["val/PQ_st"] > 0.3
