@@ -80,7 +80,8 @@ def upsnet_panoptic_logits(
                                      mode="detectron2")
         cropped = semantic_logits[image_index, labels] * box_masks(boxes, (h, w))
         inst = inst.index_put((image_index, slot), torch.cat(pasted).to(cropped.dtype) + cropped)
-    best = torch.where(counts[:, None, None] > 0, inst.amax(1), torch.zeros_like(inst[:, 0]))
+    zero = semantic_logits.new_zeros(b, h, w)
+    best = torch.where(counts[:, None, None] > 0, inst.amax(1), zero) if num_slots else zero
     unknown = semantic_logits[:, thing_classes].amax(1) - best
     return torch.cat([semantic_logits[:, stuff_classes], inst, unknown[:, None]], 1)
 
