@@ -30,12 +30,40 @@ def _level_size(finest: tuple[int, int], ratio: int) -> tuple[int, int]:
     return math.ceil(finest[0] / ratio), math.ceil(finest[1] / ratio)
 
 
+def fpn_scale_heads(in_channels: int, strides: Sequence[int], channels: int, norm: Norm) -> nn.ModuleList:
+    """Panoptic FPN's per-level branches: ``max(1, log2(s / s_0))`` 3x3 conv-norm-ReLU blocks at
+    stride ``s`` (the upsampling between them is in :func:`sum_scale_heads`)."""
+    strides = _check_strides(strides, "the semantic FPN head")
+    return nn.ModuleList(
+        nn.ModuleList(ConvNormAct(in_channels if k == 0 else channels, channels, 3, norm=norm)
+                      for k in range(max(1, int(math.log2(stride // strides[0])))))
+        for stride in strides
+    )
+
+
+def sum_scale_heads(levels: Sequence[Tensor], strides: Sequence[int], scale_heads: nn.ModuleList) -> Tensor:
+    """Run each level's branch, 2x bilinear upsampling after every block while above the finest
+    stride, and sum the branches: float ``[B, C, h_0, w_0]`` from levels ``[B, C_in, h_l, w_l]``."""
+    finest = (int(levels[0].shape[-2]), int(levels[0].shape[-1]))
+    total = None
+    for x, stride, convs in zip(levels, strides, scale_heads):
+        ratio = int(stride) // int(strides[0])
+        for conv in convs:
+            x = conv(x)
+            if ratio > 1:
+                ratio //= 2
+                x = F.interpolate(x, size=_level_size(finest, ratio), mode="bilinear", align_corners=False)
+        total = x if total is None else total + x
+    return total
+
+
 class SemanticFPNHead(nn.Module):
     """Panoptic FPN's semantic branch (Kirillov et al., 2019).
 
     Level ``l`` at stride ``s`` goes through ``max(1, log2(s / s_0))`` blocks of 3x3
     conv-norm-ReLU, each followed by 2x bilinear upsampling while above the finest stride; the
-    branches are summed and classified by a 1x1 conv.
+    branches are summed and classified by a 1x1 conv. The per-pixel
+    :class:`~lightning_seg.models.per_pixel.SemanticFPN` is the same branch on its own FPN.
 
     Args:
         in_channels: channels of the levels.
@@ -50,27 +78,12 @@ class SemanticFPNHead(nn.Module):
                  norm: Norm = "GN", dropout: float = 0.0) -> None:
         super().__init__()
         self.strides = _check_strides(strides, "SemanticFPNHead")
-        self.scale_heads = nn.ModuleList()
-        for stride in self.strides:
-            steps = max(1, int(math.log2(stride // self.strides[0])))
-            self.scale_heads.append(nn.ModuleList(
-                ConvNormAct(in_channels if k == 0 else channels, channels, 3, norm=norm) for k in range(steps)
-            ))
+        self.scale_heads = fpn_scale_heads(in_channels, self.strides, channels, norm)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Conv2d(channels, num_classes, 1))
 
     def forward(self, levels: Sequence[Tensor]) -> Tensor:
         """Logits float ``[B, num_classes, h_0, w_0]`` from ``len(strides)`` levels."""
-        finest = (int(levels[0].shape[-2]), int(levels[0].shape[-1]))
-        total = None
-        for x, stride, convs in zip(levels, self.strides, self.scale_heads):
-            ratio = stride // self.strides[0]
-            for conv in convs:
-                x = conv(x)
-                if ratio > 1:
-                    ratio //= 2
-                    x = F.interpolate(x, size=_level_size(finest, ratio), mode="bilinear", align_corners=False)
-            total = x if total is None else total + x
-        return self.classifier(total)
+        return self.classifier(sum_scale_heads(levels, self.strides, self.scale_heads))
 
 
 class DeformConvNormAct(nn.Module):

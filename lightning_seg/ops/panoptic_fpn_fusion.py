@@ -82,9 +82,11 @@ def _paste(masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], overla
         raise ValueError(f"{len(masks)} mask stacks but {len(scores)} score vectors")
     dev = masks[0].device
     orders, flags = [], []
-    for m, s in zip(masks, scores):
+    for i, (m, s) in enumerate(zip(masks, scores)):
         if m.ndim != 3 or s.shape != (m.shape[0],):
-            raise ValueError(f"masks {tuple(m.shape)} and scores {tuple(s.shape)}: expected [M, H, W] and [M]")
+            raise ValueError(f"image {i}: masks {tuple(m.shape)} and scores {tuple(s.shape)}: expected [M, H, W] and [M]")
+        if m.dtype != torch.bool:
+            raise TypeError(f"image {i}: masks must be bool, got {m.dtype}")
         order = torch.sort(s.float(), descending=True, stable=True)[1]
         ok = torch.ones_like(order, dtype=torch.bool) if score_threshold is None else (
             s.float()[order] >= score_threshold)
@@ -104,12 +106,16 @@ def _paste(masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], overla
         pixel_offsets.append(pixel_off)
         rank_offsets.append(rank_off)
         word_counts.append(nw)
-        if n:
+        if n and hw:
             chosen = (m[:n] if sorted_ else m.index_select(0, order[:n])).reshape(n, hw)
-            flat = chosen.to(_LANE_DTYPES[ln.bytes]) if ln.bytes > 1 else chosen.view(torch.uint8)
-            if hw % ln.per_word:
-                flat = torch.nn.functional.pad(flat, (0, nw * ln.per_word - hw))
-            words = flat.contiguous().view(torch.int64)  # [n, nw]
+            flat = chosen.to(_LANE_DTYPES[ln.bytes]) if ln.bytes > 1 else chosen.contiguous().view(torch.uint8)
+            # int64 words need whole words per row and an 8-byte aligned start (masks may be
+            # views into a larger buffer, as pasted masks are)
+            if hw % ln.per_word or (flat.storage_offset() * flat.element_size()) % 8:
+                padded = flat.new_zeros(n, nw * ln.per_word)
+                padded[:, :hw] = flat
+                flat = padded
+            words = flat.view(torch.int64)  # [n, nw]
             r, w = torch.nonzero(words, as_tuple=True)
             values.append(words[r, w])
             ranks.append(r + rank_off)
@@ -136,7 +142,11 @@ def _paste(masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], overla
         s_start = start[si]
         s_seg = torch.cumsum(s_start, 0) - 1
         candidate = area > 0
-        limit = overlap_threshold * area.double()
+        safe_area = area.clamp(min=1).double()
+
+        def within(covered: torch.Tensor) -> torch.Tensor:
+            # the references' test, in the same float64 arithmetic: rejected if covered / area > t
+            return ~(covered.double() / safe_area > overlap_threshold)
 
         seg_first = torch.nonzero(s_start).squeeze(1)[s_seg]  # first pair of every pair's word
 
@@ -153,11 +163,11 @@ def _paste(masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], overla
 
         # coverage only grows with the accepted set: a mask within the limit when every
         # candidate is accepted is accepted in the end ("sure") ...
-        sure = candidate & (covered_area(covering(candidate), sv, srank) <= limit)
+        sure = candidate & within(covered_area(covering(candidate), sv, srank))
         accepted = sure
         by_sure = covering(sure)
         # ... and one over the limit with the sure masks alone is rejected in the end
-        unsure = candidate & ~sure & (covered_area(by_sure, sv, srank) <= limit)
+        unsure = candidate & ~sure & within(covered_area(by_sure, sv, srank))
         if bool(unsure.any()):
             ui = torch.nonzero(unsure[srank]).squeeze(1)
             uv, ur, useg, ubase = sv[ui], srank[ui], s_seg[ui], by_sure[ui]
@@ -169,7 +179,7 @@ def _paste(masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], overla
                 a = torch.where(accepted[ur], uv, 0)
                 before = torch.cumsum(a, 0) - a
                 covered = covered_area(ubase + before - before[u_first], uv, ur)
-                decided = sure | (unsure & (covered <= limit))
+                decided = sure | (unsure & within(covered))
                 if torch.equal(decided, accepted):
                     break
                 accepted = decided
@@ -205,14 +215,16 @@ def paste_in_score_order(
     accepted higher-ranked instance covers.
 
     Each decision depends only on the decisions above it, so the accepted set is the unique
-    fixed point of ``accept = decide(accept)``; iterating that map from "all accepted" makes at
-    least one more rank final per round (after round ``n`` the first ``n`` ranks are right) and
-    usually stops after a few rounds. A round works on packed words: every mask, seen as int64
-    words of 8 one-byte pixels (wider lanes past 127 instances), contributes only its non-zero
-    words that another mask also touches, ordered by word position and rank; a segmented prefix
-    sum over them counts, lane by lane, the accepted higher-ranked masks on each pixel. The masks
-    are read once; a round costs a few passes over well under 1/8 of their area, for the whole
-    batch at once.
+    fixed point of ``accept = decide(accept)``, and iterating that map makes at least one more
+    rank final per round. Coverage only grows with the accepted set, so a mask within the limit
+    when every candidate is accepted is accepted in the end, and one over the limit with only
+    those is rejected; the rounds start from the former and decide the remaining masks on their
+    own words. All of it works on packed words: every mask, seen as int64 words of 8 one-byte
+    pixels (wider lanes past 127 instances), contributes only its non-zero words, ordered by word
+    position and rank; a segmented prefix sum over the words two masks or more share counts, lane
+    by lane, the accepted higher-ranked masks on each pixel. The masks are read once, for the
+    whole batch at once. "Covered" is decided as the references do: rejected when
+    ``covered / area > overlap_threshold`` in float64.
 
     Args:
         masks: ``B`` bool ``[M_i, H_i, W_i]``.

@@ -9,8 +9,10 @@ logits' resolution:
   outside), plus the semantic logit of ``c`` cropped to ``b`` (zero outside); slots beyond an
   image's instances hold ``PAD_LOGIT`` (a finite "minus infinity": softmax gives them nothing
   and bilinear resizing makes no NaN);
-* unknown: ``max_c(thing semantic logits) - max_i(instance logits)`` (the second max is 0 for
-  an image without instances).
+* unknown: ``max_c(thing semantic logits) - max_i(cropped semantic logit of instance i)``, as
+  UPSNet's code (the second max is 0 for an image without instances, as outside every box);
+  with ``with_unknown=False`` (UPSNet when every instance is kept in training) the channel holds
+  ``PAD_LOGIT`` and never wins.
 
 Everything is built for the whole batch at once (one batched paste, one gather, one scatter);
 no loop runs over instances.
@@ -52,6 +54,7 @@ def upsnet_panoptic_logits(
     labels: Tensor,
     image_index: Tensor,
     num_slots: int,
+    with_unknown: bool = True,
 ) -> Tensor:
     """Panoptic logits of a batch (differentiable in the semantic and mask logits).
 
@@ -65,6 +68,7 @@ def upsnet_panoptic_logits(
         image_index: int64 ``[D]`` image of each instance, grouped (non-decreasing); an
             image's instances take its slots in this order.
         num_slots: ``N``, at least the largest number of instances of an image.
+        with_unknown: compute the unknown channel (else it is ``PAD_LOGIT``).
 
     Returns:
         float ``[B, S + N + 1, h, w]``.
@@ -75,14 +79,19 @@ def upsnet_panoptic_logits(
     counts = torch.bincount(image_index, minlength=b)
     slot = torch.arange(d, device=dev) - (torch.cumsum(counts, 0) - counts)[image_index]
     inst = semantic_logits.new_full((b, num_slots, h, w), PAD_LOGIT)
+    crop = semantic_logits.new_full((b, num_slots, h, w), PAD_LOGIT)
     if d:
         pasted = paste_masks_batched(mask_logits, boxes, image_index, [(h, w)] * b, threshold=None,
                                      mode="detectron2")
         cropped = semantic_logits[image_index, labels] * box_masks(boxes, (h, w))
         inst = inst.index_put((image_index, slot), torch.cat(pasted).to(cropped.dtype) + cropped)
-    zero = semantic_logits.new_zeros(b, h, w)
-    best = torch.where(counts[:, None, None] > 0, inst.amax(1), zero) if num_slots else zero
-    unknown = semantic_logits[:, thing_classes].amax(1) - best
+        crop = crop.index_put((image_index, slot), cropped)
+    if with_unknown:
+        zero = semantic_logits.new_zeros(b, h, w)
+        best = torch.where(counts[:, None, None] > 0, crop.amax(1), zero) if num_slots else zero
+        unknown = semantic_logits[:, thing_classes].amax(1) - best
+    else:
+        unknown = semantic_logits.new_full((b, h, w), PAD_LOGIT)
     return torch.cat([semantic_logits[:, stuff_classes], inst, unknown[:, None]], 1)
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from lightning_seg.losses import TaskWeighting
 from lightning_seg.models.rcnn import PanopticFPN, UPSNet, segment_maps, semantic_targets
+from lightning_seg.models.rcnn.upsnet import drop_covered, random_keep
 from lightning_seg.ops.mask_inference import resized_argmax
 from lightning_seg.ops.upsnet_panoptic import PAD_LOGIT, upsnet_panoptic_inference, upsnet_panoptic_logits
 from lightning_seg.structures import collate
@@ -54,19 +55,23 @@ def test_upsnet_panoptic_logits_equal_per_instance_loop():
     assert out.shape == (b, len(STUFF) + slots + 1, h, w)
     ys = torch.arange(h, dtype=torch.float32)[:, None] + 0.5
     xs = torch.arange(w, dtype=torch.float32)[None, :] + 0.5
+    no_unknown = upsnet_panoptic_logits(sem, torch.tensor(STUFF), torch.tensor(THINGS), mask_logits, boxes, labels,
+                                        image_index, slots, with_unknown=False)
     d = 0
     for i in range(b):
         want = [sem[i, c] for c in STUFF]
-        inst = []
+        inst, crops = [], []
         for _ in range(counts[i]):
             x0, y0, x1, y1 = boxes[d].tolist()
             inside = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
-            inst.append(detectron2_paste(mask_logits[d], boxes[d], h, w) + torch.where(inside, sem[i, labels[d]], 0.0))
+            crops.append(torch.where(inside, sem[i, labels[d]], 0.0))
+            inst.append(detectron2_paste(mask_logits[d], boxes[d], h, w) + crops[-1])
             d += 1
-        best = torch.stack(inst).amax(0) if inst else torch.zeros(h, w)
+        # UPSNet's unknown: thing semantic max minus the cropped semantic logits' max
+        best = torch.stack(crops).amax(0) if crops else torch.zeros(h, w)
         want += inst + [torch.full((h, w), PAD_LOGIT)] * (slots - len(inst))
-        want.append(sem[i, THINGS].amax(0) - best)
-        torch.testing.assert_close(out[i], torch.stack(want), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out[i], torch.stack(want + [sem[i, THINGS].amax(0) - best]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(no_unknown[i], torch.stack(want + [torch.full((h, w), PAD_LOGIT)]))
 
 
 def test_upsnet_panoptic_logits_are_differentiable():
@@ -215,3 +220,50 @@ def test_bad_class_split_is_named():
         UPSNet(3, [0, 1, 2], **TINY)
     with pytest.raises(ValueError, match="model.panoptic"):
         PanopticFPN(K, THINGS, **{**TINY, "panoptic": dict(stuff_area=3)})
+    with pytest.raises(ValueError, match="mask_on"):
+        UPSNet(K, THINGS, **{**TINY, "roi_heads": dict(TINY["roi_heads"], mask_on=False)})
+
+
+def test_random_keep_counts_and_subset():
+    torch.manual_seed(0)
+    valid = torch.zeros(4, 6, dtype=torch.bool)
+    for i, n in enumerate([0, 1, 5, 6]):
+        valid[i, :n] = True
+    seen = torch.zeros(4, 6)
+    for _ in range(200):
+        keep = random_keep(valid, 0.7)
+        assert not (keep & ~valid).any()
+        # rounded down, at least one: 0, 1, 3, 4 of 0, 1, 5, 6
+        assert keep.sum(1).tolist() == [0, 1, 3, 4]
+        seen += keep.float()
+    assert (seen[3] > 0).all() and (seen[2, :5] > 0).all()  # every instance gets dropped sometimes
+
+
+@pytest.mark.parametrize("same_class", [False, True])
+def test_drop_covered_equals_loop(same_class):
+    g = torch.Generator().manual_seed(6)
+    counts = [7, 0, 5]
+    masks = []
+    for n in counts:
+        m = torch.zeros(n, 20, 20, dtype=torch.bool)
+        for j in range(n):
+            y, x = torch.randint(0, 12, (2,), generator=g).tolist()
+            m[j, y: y + 8, x: x + 8] = True
+        masks.append(m)
+    scores = torch.rand(sum(counts), generator=g)
+    labels = torch.randint(0, 2, (sum(counts),), generator=g)
+    got = drop_covered(masks, scores, labels, 0.3, same_class)
+    want, start = [], 0
+    for m in masks:
+        n = m.shape[0]
+        sc, lab = scores[start: start + n], labels[start: start + n]
+        keep = [False] * n
+        for j in torch.argsort(-sc, stable=True).tolist():
+            cover = torch.zeros(20, 20, dtype=torch.bool)
+            for k in range(n):
+                if keep[k] and (not same_class or lab[k] == lab[j]):
+                    cover |= m[k]
+            keep[j] = int((m[j] & cover).sum()) / int(m[j].sum()) <= 0.3
+        want += keep
+        start += n
+    assert got.tolist() == want and 0 < sum(want) < len(want)

@@ -84,7 +84,7 @@ def test_fcn_skip_fusion_matches_direct_formula():
 
 def test_semantic_fpn_branch_depths_follow_paper():
     model = SemanticFPN(K, backbone="resnet10t", fpn_channels=16, head_channels=8)
-    assert [len(h) for h in model.head.scale_heads] == [1, 1, 2, 3]
+    assert [len(h) for h in model.scale_heads] == [1, 1, 2, 3]
 
 
 def test_deeplab_aspp_rates_default_by_output_stride():

@@ -178,3 +178,49 @@ def test_mismatched_shapes_are_named():
         panoptic_fpn_fusion([{"masks": torch.zeros(1, 4, 4, dtype=torch.bool), "scores": torch.ones(1),
                               "labels": torch.zeros(1, dtype=torch.int64)}], [torch.zeros(5, 4, dtype=torch.int64)],
                             THINGS, K)
+
+
+def test_overlap_rule_is_the_references_division():
+    """63 of 90 pixels covered at threshold 0.7: detectron2 keeps it (63 / 90 is not > 0.7),
+    though 63 > 0.7 * 90 in floating point."""
+    assert 63 > 0.7 * 90 and not 63 / 90 > 0.7
+    a = torch.zeros(1, 10, 20, dtype=torch.bool)
+    a[0, :, :9] = True  # 90 pixels
+    b = torch.zeros(1, 10, 20, dtype=torch.bool)
+    b[0, :7, :9] = True  # 63 of them
+    masks = torch.cat([b, a])  # b first in score order
+    scores = torch.tensor([0.9, 0.8])
+    _, accepted = paste_in_score_order([masks], [scores], 0.7)
+    assert accepted[0].tolist() == [True, True]
+    pan, _ = _loop(masks, scores, torch.zeros(2, dtype=torch.int64), torch.full((10, 20), 255), 0.7, 1, 0.0)
+    assert sorted(torch.unique(pan).tolist()) == [0, 1, 2]
+
+
+def test_masks_pasted_into_one_buffer_and_empty_images():
+    """Masks as pasted for a batch (views at any offset of one buffer), mixed sizes, and an image
+    of zero height."""
+    from lightning_seg.ops.mask_paste import paste_masks_batched
+
+    g = torch.Generator().manual_seed(7)
+    sizes = [(51, 37), (64, 64), (5, 5)]
+    n = [43, 9, 3]
+    index = torch.repeat_interleave(torch.arange(3), torch.tensor(n))
+    xy = torch.rand(sum(n), 2, generator=g) * 30
+    boxes = torch.cat([xy, xy + torch.rand(sum(n), 2, generator=g) * 20 + 2], 1)
+    probs = torch.rand(sum(n), 14, 14, generator=g)
+    pasted = paste_masks_batched(probs, boxes, index, sizes, threshold=0.5)
+    assert any(p.storage_offset() % 8 for p in pasted)
+    scores = [torch.sort(torch.rand(k, generator=g), descending=True)[0] for k in n]
+    sems = [torch.randint(0, K, s, generator=g) for s in sizes]
+    insts = [{"masks": m, "scores": s, "labels": torch.zeros(len(s), dtype=torch.int64)} for m, s in zip(pasted, scores)]
+    out = panoptic_fpn_fusion(insts, sems, THINGS, K, stuff_area_threshold=5, instance_score_threshold=0.2)
+    for o, inst, sem in zip(out, insts, sems):
+        pan, infos = _loop(inst["masks"], inst["scores"], inst["labels"], sem, 0.5, 5, 0.2)
+        assert torch.equal(o["panoptic_seg"], pan)
+        assert [(s["id"], s["category_id"], s["isthing"]) for s in o["segments_info"]] == infos
+    empty = panoptic_fpn_fusion([{"masks": torch.zeros(2, 0, 3, dtype=torch.bool), "scores": torch.ones(2),
+                                  "labels": torch.zeros(2, dtype=torch.int64)}], [torch.zeros(0, 3, dtype=torch.int64)],
+                                THINGS, K)
+    assert empty[0]["panoptic_seg"].shape == (0, 3) and empty[0]["segments_info"] == []
+    with pytest.raises(TypeError, match="bool"):
+        paste_in_score_order([torch.ones(1, 2, 2, dtype=torch.uint8)], [torch.ones(1)], 0.5)

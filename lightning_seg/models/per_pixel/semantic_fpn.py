@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_seg.models.per_pixel.base import PixelSegmentationModel
 from lightning_seg.models.layers import Norm
 from lightning_seg.models.necks import FPN
-from lightning_seg.models.semantic_heads import SemanticFPNHead
+from lightning_seg.models.semantic_heads import fpn_scale_heads, sum_scale_heads
 
 
 class SemanticFPN(PixelSegmentationModel):
@@ -17,8 +17,8 @@ class SemanticFPN(PixelSegmentationModel):
 
     Each pyramid level at stride ``s`` goes through ``max(1, log2(s / 4))`` blocks of
     3x3 conv-norm-ReLU (+ 2x bilinear upsampling while above stride 4); the levels are summed
-    at stride 4 and classified by a 1x1 conv (:class:`~lightning_seg.models.semantic_heads.SemanticFPNHead`,
-    shared with Panoptic FPN).
+    at stride 4 and classified by a 1x1 conv (the branch of
+    :class:`~lightning_seg.models.semantic_heads.SemanticFPNHead`, shared with Panoptic FPN).
 
     Input images float ``[B, 3, H, W]`` in ``[0, 1]``; output logits ``[B, K, H, W]``, or
     ``{"out", "aux"}`` with ``aux_head=True`` (see :mod:`lightning_seg.models.per_pixel.base`).
@@ -53,15 +53,9 @@ class SemanticFPN(PixelSegmentationModel):
                              f"from backbone {self.backbone_name!r}")
         self.common_stride = strides[0]
         self.fpn = FPN(self.backbone.channels, fpn_channels, fpn_norm)
-        self.head = SemanticFPNHead(fpn_channels, strides, num_classes, head_channels, norm, dropout)
-        self._register_load_state_dict_pre_hook(_rename_flat_head_keys)
+        self.scale_heads = fpn_scale_heads(fpn_channels, strides, head_channels, norm)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Conv2d(head_channels, num_classes, 1))
 
     def decode(self, features: list[Tensor], image_size: tuple[int, int]) -> Tensor:
         """Class logits ``[B, K, h, w]`` at the finest feature's stride (4)."""
-        return self.head(self.fpn(features))
-
-
-def _rename_flat_head_keys(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    """Checkpoints from before the shared head kept ``scale_heads.*``/``classifier.*`` at the top."""
-    for key in [k for k in state_dict if k.startswith(prefix + "scale_heads.") or k.startswith(prefix + "classifier.")]:
-        state_dict[prefix + "head." + key[len(prefix):]] = state_dict.pop(key)
+        return self.classifier(sum_scale_heads(self.fpn(features), self.backbone.strides, self.scale_heads))

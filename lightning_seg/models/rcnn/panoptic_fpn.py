@@ -98,6 +98,8 @@ class PanopticRCNN(MaskRCNN):
         if not stuff:
             raise ValueError("a panoptic R-CNN model needs stuff classes: every class is a thing class")
         super().__init__(len(things), **mask_rcnn_args)
+        if self.roi_heads.mask_head is None:
+            raise ValueError("model.roi_heads.mask_on: a panoptic R-CNN model needs the mask head")
         s = settings_from(panoptic, PanopticSettings, "model.panoptic")
         self.panoptic = replace(
             s,
@@ -155,7 +157,17 @@ class PanopticRCNN(MaskRCNN):
 
     def instance_predictions(self, outputs: PanopticOutputs, image_sizes: Tensor,
                              output_sizes: list[tuple[int, int]]) -> list[InstancePrediction]:
-        """Every detection at the output sizes, with its class id among all ``K`` classes."""
+        """Every detection at the output sizes, with its class id among all ``K`` classes.
+
+        Args:
+            outputs: eval-mode outputs.
+            image_sizes: int64 ``[B, 2]`` sizes the detections refer to.
+            output_sizes: ``(H0, W0)`` of each output.
+
+        Returns:
+            ``B`` :class:`~lightning_seg.structures.InstancePrediction`: bool masks ``[M, H0, W0]``,
+            int64 labels (class ids), float scores ``[M]``, float boxes ``[M, 4]``.
+        """
         preds = MaskRCNN.postprocess(self, outputs.detections, image_sizes, output_sizes)
         for p in preds:
             p["labels"] = self.thing_ids[p["labels"]]
@@ -212,7 +224,17 @@ class PanopticFPN(PanopticRCNN):
     @torch.no_grad()
     def postprocess(self, outputs: PanopticOutputs, image_sizes: Tensor,  # type: ignore[override]
                     output_sizes: list[tuple[int, int]]) -> dict[str, list[Any]]:
-        """``{"panoptic": [...], "instance": [...]}`` at ``output_sizes``."""
+        """Predictions at ``output_sizes``.
+
+        Args:
+            outputs: from :meth:`forward` in eval mode.
+            image_sizes: int64 ``[B, 2]`` ``(H, W)`` of the images before padding.
+            output_sizes: ``(H0, W0)`` of each result.
+
+        Returns:
+            ``{"panoptic": B PanopticPrediction (int32 [H0, W0] ids), "instance": B
+            InstancePrediction}`` (see :mod:`lightning_seg.structures`).
+        """
         p = self.panoptic
         instances = self.instance_predictions(outputs, image_sizes, output_sizes)
         # semantic channel -> class id: stuff classes, and any thing class for "things"

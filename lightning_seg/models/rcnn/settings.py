@@ -136,10 +136,13 @@ class PanopticSettings:
         stuff_area_threshold: stuff segments smaller than this (pixels) are dropped (4096).
         instance_score_threshold: detections below this score are not used (0.5).
         keep_instance_fraction: UPSNet training: fraction of ground-truth instances given to the
-            panoptic head; the pixels of the others are its "unknown" class (0.7).
+            panoptic head (rounded down, at least one); the pixels of the others are its
+            "unknown" class (0.7; 1.0 keeps all and has no unknown channel).
         instance_nms_threshold: UPSNet inference: class-agnostic NMS IoU of the detections (0.5).
         instance_covered_threshold: UPSNet inference: a detection whose mask is more covered
             than this by higher-scored ones is dropped (0.3).
+        instance_covered_same_class: count only the higher-scored masks of the same class (UPSNet's
+            code) instead of all.
     """
 
     semantic_channels: int = 128
@@ -156,6 +159,7 @@ class PanopticSettings:
     keep_instance_fraction: float = 0.7
     instance_nms_threshold: float = 0.5
     instance_covered_threshold: float = 0.3
+    instance_covered_same_class: bool = False
 
 
 def settings_from(value: Any, cls: type, key: str) -> Any:

@@ -11,8 +11,15 @@ from lightning_seg.models.rcnn.rpn import BoxTargets
 
 
 def instance_columns(target: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Segments of one target that are ground-truth instances (things, not crowd, non-empty box)
-    and crowd thing regions: int64 index vectors into its segments."""
+    """Segments of one target that are ground-truth instances and crowd thing regions.
+
+    Args:
+        target: one image's target (``boxes`` float ``[N, 4]``, ``is_thing``, ``iscrowd`` bool ``[N]``).
+
+    Returns:
+        ``(instances, crowd)``: int64 ``[G]`` segments that are things, not crowd, with a
+        non-empty box, and int64 ``[C]`` crowd thing segments with a non-empty box.
+    """
     boxes = target["boxes"]
     nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     thing = target["is_thing"]

@@ -6,7 +6,11 @@ Training feeds the panoptic head the ground-truth boxes and classes of a random
 "unknown", so that channel learns to claim thing pixels no instance explains. Inference takes the
 detections scoring at least ``instance_score_threshold``, suppresses them class-agnostically,
 drops those whose mask (at the logits' resolution) is more than ``instance_covered_threshold``
-covered by higher-scored ones, and reads the panoptic argmax; unknown pixels are void.
+covered by higher-scored ones (of any class; ``instance_covered_same_class`` counts only those
+of its class, as UPSNet's code), and reads the panoptic argmax; unknown pixels are void. The
+panoptic logits are built at 1/4 of the input (UPSNet's code builds them at full size in
+inference) and resized to each output band by band. Not reproduced: UPSNet's code's extra step
+that relabels an instance as stuff when half its pixels vote for one stuff class.
 """
 
 from __future__ import annotations
@@ -37,6 +41,52 @@ from lightning_seg.ops.upsnet_panoptic import (
 )
 
 
+def random_keep(valid: Tensor, fraction: float) -> Tensor:
+    """A uniformly random ``fraction`` of every image's instances, as UPSNet keeps them.
+
+    Args:
+        valid: bool ``[B, G]`` real ground-truth columns.
+        fraction: share to keep; the count is rounded down, and at least one is kept.
+
+    Returns:
+        bool ``[B, G]``, a subset of ``valid``.
+    """
+    r = torch.rand(valid.shape, device=valid.device).masked_fill(~valid, 2.0)
+    rank = r.argsort(1).argsort(1)
+    n = valid.sum(1)
+    n_keep = torch.where(n > 0, torch.floor(n.double() * fraction).long().clamp(min=1), 0)
+    return valid & (rank < n_keep[:, None])
+
+
+def drop_covered(masks: Sequence[Tensor], scores: Tensor, labels: Tensor, threshold: float,
+                 same_class: bool = False) -> Tensor:
+    """Which instances to keep: those at most ``threshold`` covered by higher-scored kept ones.
+
+    Args:
+        masks: per image bool ``[n_b, h, w]``, the instances grouped by image.
+        scores: float ``[N]``; labels: int64 ``[N]`` (``N = sum n_b``).
+        threshold: largest covered fraction of a kept mask.
+        same_class: only masks of the same class cover (UPSNet's code).
+
+    Returns:
+        bool ``[N]``.
+    """
+    counts = [int(m.shape[0]) for m in masks]
+    if not same_class:
+        return torch.cat(paste_in_score_order(list(masks), list(scores.split(counts)), threshold)[1])
+    # one group per (image, class), grouped by a stable sort: other classes do not cover
+    image = torch.repeat_interleave(torch.arange(len(counts), device=scores.device),
+                                    torch.tensor(counts, device=scores.device))
+    group = image * (int(labels.max()) + 1) + labels
+    by_group = torch.sort(group, stable=True)[1]
+    sizes = torch.unique_consecutive(group[by_group], return_counts=True)[1].tolist()
+    flat = torch.cat(list(masks))[by_group]
+    _, accepted = paste_in_score_order(list(flat.split(sizes)), list(scores[by_group].split(sizes)), threshold)
+    keep = torch.empty_like(by_group, dtype=torch.bool)
+    keep[by_group] = torch.cat(accepted)
+    return keep
+
+
 class UPSNet(PanopticRCNN):
     """UPSNet on a ResNet + FPN.
 
@@ -61,6 +111,8 @@ class UPSNet(PanopticRCNN):
         p = self.panoptic
         self.semantic_head = UPSNetSemanticHead(self.fpn_channels, self.fpn.strides[:4], num_classes, p.semantic_channels,
                                                 p.semantic_convs, p.semantic_norm, bool(p.semantic_deformable))
+        # UPSNet drops the unknown channel when training keeps every instance
+        self.with_unknown = self.panoptic.keep_instance_fraction < 1.0
         stuff_index = torch.full((num_classes,), -1, dtype=torch.int64)
         stuff_index[self.stuff_ids] = torch.arange(self.stuff_ids.numel())
         self.register_buffer("stuff_index", stuff_index, persistent=False)
@@ -116,14 +168,18 @@ class UPSNet(PanopticRCNN):
         return torch.where(seg >= 0, out, torch.full_like(out, IGNORE))
 
     def panoptic_loss(self, features: list[Tensor], semantic: Tensor, targets: PanopticTargets) -> Tensor:
-        """Cross-entropy of the panoptic logits built from the kept ground-truth instances."""
+        """Cross-entropy of the panoptic logits built from the kept ground-truth instances.
+
+        Args:
+            features: FPN levels P2-P6 float ``[B, C, h_l, w_l]``.
+            semantic: float ``[B, K, h, w]`` semantic logits at P2's stride.
+            targets: the batch's ground truth with its segment maps.
+
+        Returns:
+            float scalar.
+        """
         bt = targets.boxes
-        b, g = bt.valid.shape
-        # a random keep_instance_fraction of every image's instances (the count rounded)
-        r = torch.rand(b, g, device=bt.boxes.device).masked_fill(~bt.valid, 2.0)
-        rank = r.argsort(1).argsort(1)
-        n_keep = torch.round(bt.valid.sum(1).float() * self.panoptic.keep_instance_fraction).long()
-        keep = bt.valid & (rank < n_keep[:, None])
+        keep = random_keep(bt.valid, self.panoptic.keep_instance_fraction)
         bi, gi = torch.nonzero(keep, as_tuple=True)
         num_slots = max(1, int(keep.sum(1).max()))
         boxes = bt.boxes[bi, gi]
@@ -132,7 +188,7 @@ class UPSNet(PanopticRCNN):
         mask_logits = self.roi_heads._mask_logits(features[:4], rois, labels)
         stride = self.fpn.strides[0]
         logits = upsnet_panoptic_logits(semantic.float(), self.stuff_ids, self.thing_ids, mask_logits.float(),
-                                        boxes / stride, self.thing_ids[labels], bi, num_slots)
+                                        boxes / stride, self.thing_ids[labels], bi, num_slots, self.with_unknown)
         target = self.panoptic_target(targets, keep, num_slots)
         up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
         if not bool((target != IGNORE).any()):
@@ -158,19 +214,30 @@ class UPSNet(PanopticRCNN):
         counts = torch.bincount(det.image_index[idx], minlength=b).tolist()
         binary = paste_masks_batched(det.mask_probs[idx], det.boxes[idx] / stride, det.image_index[idx],
                                      [(h, w)] * b, threshold=0.5)
-        _, accepted = paste_in_score_order(binary, list(det.scores[idx].split(counts)), p.instance_covered_threshold)
-        idx = idx[torch.cat(accepted)] if idx.numel() else idx
+        if idx.numel():
+            idx = idx[drop_covered(binary, det.scores[idx], det.labels[idx], p.instance_covered_threshold,
+                                   p.instance_covered_same_class)]
         counts = torch.bincount(det.image_index[idx], minlength=b)
         num_slots = max(1, int(counts.max())) if b else 1
         logits = upsnet_panoptic_logits(semantic.float(), self.stuff_ids, self.thing_ids, mask_logits[idx],
                                         det.boxes[idx] / stride, self.thing_ids[det.labels[idx]], det.image_index[idx],
-                                        num_slots)
+                                        num_slots, self.with_unknown)
         return PanopticOutputs(det, semantic, (int(images.shape[-2]), int(images.shape[-1])), logits, idx)
 
     @torch.no_grad()
     def postprocess(self, outputs: PanopticOutputs, image_sizes: Tensor,  # type: ignore[override]
                     output_sizes: list[tuple[int, int]]) -> dict[str, list[Any]]:
-        """``{"panoptic": [...], "instance": [...], "semantic": [...]}`` at ``output_sizes``."""
+        """Predictions at ``output_sizes``.
+
+        Args:
+            outputs: from :meth:`forward` in eval mode.
+            image_sizes: int64 ``[B, 2]`` ``(H, W)`` of the images before padding.
+            output_sizes: ``(H0, W0)`` of each result.
+
+        Returns:
+            ``{"panoptic": B PanopticPrediction (int32 [H0, W0] ids), "instance": B
+            InstancePrediction, "semantic": B int64 [H0, W0] class maps}``.
+        """
         det, idx = outputs.detections, outputs.panoptic_index
         b = image_sizes.shape[0]
         sizes = [tuple(int(v) for v in s) for s in image_sizes]
