@@ -81,20 +81,25 @@ def _paste(masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], overla
     if len(masks) != len(scores):
         raise ValueError(f"{len(masks)} mask stacks but {len(scores)} score vectors")
     dev = masks[0].device
-    orders, flags = [], []
     for i, (m, s) in enumerate(zip(masks, scores)):
         if m.ndim != 3 or s.shape != (m.shape[0],):
             raise ValueError(f"image {i}: masks {tuple(m.shape)} and scores {tuple(s.shape)}: expected [M, H, W] and [M]")
         if m.dtype != torch.bool:
             raise TypeError(f"image {i}: masks must be bool, got {m.dtype}")
-        order = torch.sort(s.float(), descending=True, stable=True)[1]
-        ok = torch.ones_like(order, dtype=torch.bool) if score_threshold is None else (
-            s.float()[order] >= score_threshold)
-        orders.append(order)
-        flags.append(torch.cumprod(ok.long(), 0).sum())
-        flags.append((order == torch.arange(order.numel(), device=dev)).all().long())
-    host = torch.stack(flags).tolist()  # the one mid-way host copy: prefix lengths, sortedness
-    passing, in_order = host[0::2], host[1::2]
+    # every image's score order at once: scores padded with -inf sort last
+    counts = [int(m.shape[0]) for m in masks]
+    width = max(counts + [1])
+    table = torch.full((len(masks), width), float("-inf"), device=dev)
+    for i, s in enumerate(scores):
+        table[i, : counts[i]] = s.float()
+    ranked, order_table = torch.sort(table, dim=1, descending=True, stable=True)
+    real = torch.arange(width, device=dev) < torch.tensor(counts, device=dev)[:, None]
+    ok = real if score_threshold is None else real & (ranked >= score_threshold)
+    passing_t = torch.cumprod(ok.long(), 1).sum(1)  # pasting stops at the first low score
+    in_order_t = ((order_table == torch.arange(width, device=dev)) | ~real).all(1)
+    host = torch.stack([passing_t, in_order_t.long()]).tolist()  # the one mid-way host copy
+    passing, in_order = host
+    orders = [order_table[i, :c] for i, c in enumerate(counts)]
     n_max = max(passing)
     ln = _Lanes(1 if n_max <= 127 else 2 if n_max <= (1 << 15) - 2 else 4)
     values, ranks, local_ranks, positions = [], [], [], []
@@ -159,16 +164,23 @@ def _paste(masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], overla
             return before - before[seg_first]
 
         def covered_area(lanes: torch.Tensor, values: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-            return torch.bincount(ranks, weights=ln.count(values & ln.nonzero(lanes)).double(), minlength=rank_off)
+            counts = ln.count(values & ln.nonzero(lanes))
+            if dev.type == "cpu":  # the faster kernel here; sums of small integers are exact
+                return torch.bincount(ranks, weights=counts.double(), minlength=rank_off)
+            # integer sums on accelerators: a weighted bincount is refused in deterministic mode
+            return torch.zeros(rank_off, dtype=torch.int64, device=dev).index_add_(0, ranks, counts)
 
         # coverage only grows with the accepted set: a mask within the limit when every
         # candidate is accepted is accepted in the end ("sure") ...
-        sure = candidate & within(covered_area(covering(candidate), sv, srank))
+        by_all = covering(candidate)
+        sure = candidate & within(covered_area(by_all, sv, srank))
         accepted = sure
-        by_sure = covering(sure)
+        # one host copy decides which passes are needed at all
+        any_rejected, = torch.stack([(candidate & ~sure).any()]).tolist()
+        by_sure = covering(sure) if any_rejected else by_all
         # ... and one over the limit with the sure masks alone is rejected in the end
         unsure = candidate & ~sure & within(covered_area(by_sure, sv, srank))
-        if bool(unsure.any()):
+        if any_rejected and bool(unsure.any()):
             ui = torch.nonzero(unsure[srank]).squeeze(1)
             uv, ur, useg, ubase = sv[ui], srank[ui], s_seg[ui], by_sure[ui]
             u_start = torch.ones_like(useg, dtype=torch.bool)
@@ -183,7 +195,8 @@ def _paste(masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], overla
                 if torch.equal(decided, accepted):
                     break
                 accepted = decided
-        covered_lanes = ln.nonzero(covering(accepted))
+        changed = not torch.equal(accepted, sure)
+        covered_lanes = ln.nonzero(covering(accepted) if changed else by_sure)
         # a lane is owned by the first accepted mask on it; words under one mask are its own
         free = torch.full_like(v, ln.ones)
         free[si] = covered_lanes ^ ln.ones
@@ -301,7 +314,7 @@ def panoptic_fpn_fusion(
     # ranked pasted instance; one bincount gives the stuff areas, one lookup the segment ids
     class_key = torch.cat([torch.zeros(1), torch.arange(1, k + 1), torch.zeros(1)]).int().to(dev)
     # maps without void (a model's argmax) need no clamping: one host copy tells which
-    bounds = torch.stack([torch.stack([s.min(), s.max()]) if s.numel() else torch.zeros(2, dtype=s.dtype, device=dev)
+    bounds = torch.stack([torch.stack(torch.aminmax(s)) if s.numel() else torch.zeros(2, dtype=s.dtype, device=dev)
                           for s in semantics]).tolist()
     keys, areas = [], []
     for sem, po, (lo, hi) in zip(semantics, p.pixel_offsets, bounds):
