@@ -1,6 +1,7 @@
 """Pure-tensor, batched, device-agnostic ops: point sampling, Hungarian matching, matrix NMS,
-mask-classification inference and panoptic fusion, dense (sliding-window, TTA) inference, and
-the R-CNN ops (box matching and sampling, multi-scale RoIAlign, mask targets, mask pasting).
+Fast NMS, mask-classification inference, Panoptic FPN fusion and UPSNet's panoptic head, dense
+(sliding-window, TTA) inference, and the R-CNN ops (box matching and sampling, multi-scale
+RoIAlign, mask targets, mask pasting).
 No Lightning imports here."""
 
 from .box_matching import (
@@ -41,6 +42,7 @@ from .matching_costs import (
     pairwise_sigmoid_bce,
     pairwise_sigmoid_focal,
 )
+from .fast_nms import FastNMSResult, fast_nms
 from .matrix_nms import MatrixNMSResult, mask_iou_matrix, matrix_nms
 from .panoptic_fpn_fusion import panoptic_fpn_fusion
 from .point_sampling import (
@@ -53,6 +55,8 @@ from .point_sampling import (
 from .roi_pooling import assign_fpn_levels, crop_mask_targets, multiscale_roi_align
 
 __all__ = [
+    "FastNMSResult",
+    "fast_nms",
     "assign_fpn_levels",
     "batched_box_ioa",
     "batched_box_iou",
