@@ -1,0 +1,89 @@
+"""YOLACT's prior matching against a transcription of its ``match`` (``layers/box_utils.py``),
+image by image."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_seg.ops.yolact_matching import yolact_match
+
+
+def jaccard(a, b, iscrowd=False):
+    lt = torch.max(a[:, None, :2], b[None, :, :2])
+    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None]
+    area_b = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[None, :]
+    return inter / area_a if iscrowd else inter / (area_a + area_b - inter)
+
+
+def yolact_reference(truths, priors, crowd, pos, neg, crowd_thr):
+    overlaps = jaccard(truths, priors)
+    best_truth_overlap, best_truth_idx = overlaps.max(0)
+    for _ in range(overlaps.size(0)):
+        best_prior_overlap, best_prior_idx = overlaps.max(1)
+        j = best_prior_overlap.max(0)[1]
+        i = best_prior_idx[j]
+        overlaps[:, i] = -1
+        overlaps[j, :] = -1
+        best_truth_overlap[i] = 2
+        best_truth_idx[i] = j
+    conf = torch.ones_like(best_truth_idx)
+    conf[best_truth_overlap < pos] = -1
+    conf[best_truth_overlap < neg] = 0
+    if crowd is not None and len(crowd) and crowd_thr < 1:
+        best_crowd_overlap, _ = jaccard(priors, crowd, iscrowd=True).max(1)
+        conf[(conf <= 0) & (best_crowd_overlap > crowd_thr)] = -1
+    return best_truth_idx, conf
+
+
+def priors_grid():
+    """Square and elongated priors on a small grid (YOLACT's ratios 1, 1/2, 2)."""
+    out = []
+    for size, step in ((12, 8), (24, 16), (48, 32)):
+        for cy in range(step // 2, 96, step):
+            for cx in range(step // 2, 96, step):
+                for r in (1.0, 0.5, 2.0):
+                    w, h = size * r ** 0.5, size / r ** 0.5
+                    out.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_yolact_match_equals_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    priors = priors_grid()
+    counts, crowds = [6, 1, 12], [1, 0, 2]
+    b, gmax, cmax = 3, max(counts), max(crowds)
+    gt = torch.zeros(b, gmax, 4)
+    valid = torch.zeros(b, gmax, dtype=torch.bool)
+    crowd = torch.zeros(b, cmax, 4)
+    crowd_valid = torch.zeros(b, cmax, dtype=torch.bool)
+    for i in range(b):
+        xy = torch.rand(counts[i], 2, generator=g) * 70
+        gt[i, : counts[i]] = torch.cat([xy, xy + torch.rand(counts[i], 2, generator=g) * 30 + 4], 1)
+        valid[i, : counts[i]] = True
+        cxy = torch.rand(crowds[i], 2, generator=g) * 50
+        crowd[i, : crowds[i]] = torch.cat([cxy, cxy + 40], 1)
+        crowd_valid[i, : crowds[i]] = True
+    gt[2, 5] = gt[2, 4] + 0.5  # two ground truths wanting the same prior
+    out = yolact_match(gt, valid, priors, crowd, crowd_valid, 0.5, 0.4, 0.7)
+    for i in range(b):
+        idx, conf = yolact_reference(gt[i, : counts[i]], priors, crowd[i, : crowds[i]], 0.5, 0.4, 0.7)
+        assert torch.equal(out.state[i], conf)
+        assert torch.equal(out.gt_index[i], idx)
+    assert (out.state == 1).any() and (out.state == -1).any() and (out.state == 0).any()
+    # every ground truth has a positive prior (the forced matches)
+    for i in range(b):
+        assert set(out.gt_index[i][out.state[i] == 1].tolist()) == set(range(counts[i]))
+
+
+def test_no_ground_truth_is_background_or_crowd_neutral():
+    priors = priors_grid()
+    crowd = torch.tensor([[[0.0, 0.0, 40.0, 40.0]]])
+    out = yolact_match(torch.zeros(1, 0, 4), torch.zeros(1, 0, dtype=torch.bool), priors, crowd,
+                       torch.ones(1, 1, dtype=torch.bool))
+    inside = (priors[:, 2] <= 40) & (priors[:, 3] <= 40) & (priors[:, 0] >= 0) & (priors[:, 1] >= 0)
+    assert (out.state[0][inside] == -1).all() and (out.state[0][~inside] >= -1).all()
+    assert not (out.state == 1).any()
