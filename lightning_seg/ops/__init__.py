@@ -54,11 +54,12 @@ from .point_sampling import (
 )
 from .roi_pooling import assign_fpn_levels, crop_mask_targets, multiscale_roi_align
 from .solo_targets import SOLOTargets, mask_centers, solo_targets
-from .yolact_matching import PriorMatch, yolact_match
+from .yolact_matching import PriorMatch, ohem_negatives, yolact_match
 
 __all__ = [
     "PriorMatch",
     "yolact_match",
+    "ohem_negatives",
     "SOLOTargets",
     "mask_centers",
     "solo_targets",

@@ -1,4 +1,4 @@
-"""YOLACT's prior (anchor) matching, batched over images.
+"""YOLACT's prior (anchor) matching and hard negative mining, batched over images.
 
 The rules of YOLACT's ``match`` (``layers/box_utils.py``): every prior takes the ground truth it
 overlaps most; then, so that no ground truth goes unused, the (ground truth, prior) pair of
@@ -20,7 +20,7 @@ import torch
 
 from .box_matching import batched_box_ioa, batched_box_iou
 
-__all__ = ["PriorMatch", "yolact_match"]
+__all__ = ["PriorMatch", "ohem_negatives", "yolact_match"]
 
 
 class PriorMatch(NamedTuple):
@@ -92,3 +92,32 @@ def yolact_match(
         ioa = ioa.masked_fill(~crowd_valid[:, None, :], 0.0)
         state[(state <= 0) & (ioa.amax(2) > crowd_threshold)] = -1
     return PriorMatch(best_truth_idx, state)
+
+
+@torch.no_grad()
+def ohem_negatives(class_logits: torch.Tensor, state: torch.Tensor, negpos_ratio: int = 3,
+                   background: int = 0) -> torch.Tensor:
+    """YOLACT's online hard negative mining: per image the ``negpos_ratio`` x (positives)
+    background priors of highest background loss.
+
+    The background loss of a prior is ``logsumexp(logits) - logits[background]``; positive and
+    neutral priors are never chosen, and the count is capped at ``A - 1`` per image, as in
+    YOLACT's ``ohem_conf_loss``.
+
+    Args:
+        class_logits: float ``[B, A, K + 1]`` class logits of every prior (background included).
+        state: int64 ``[B, A]`` from :func:`yolact_match` (1 positive, 0 background, -1 neutral).
+        negpos_ratio: negatives per positive.
+        background: index of the background column.
+
+    Returns:
+        bool ``[B, A]`` the chosen negatives.
+    """
+    logits = class_logits.float()
+    loss = torch.logsumexp(logits, -1) - logits[..., background]
+    pos, neutral = state == 1, state < 0
+    loss = loss.masked_fill(pos | neutral, 0.0)
+    order = torch.sort(loss, dim=1, descending=True, stable=True)[1]
+    rank = order.argsort(dim=1)
+    num_neg = (negpos_ratio * pos.sum(1, keepdim=True)).clamp(max=state.shape[1] - 1)
+    return (rank < num_neg) & ~pos & ~neutral

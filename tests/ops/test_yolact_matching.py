@@ -87,3 +87,37 @@ def test_no_ground_truth_is_background_or_crowd_neutral():
     inside = (priors[:, 2] <= 40) & (priors[:, 3] <= 40) & (priors[:, 0] >= 0) & (priors[:, 1] >= 0)
     assert (out.state[0][inside] == -1).all() and (out.state[0][~inside] >= -1).all()
     assert not (out.state == 1).any()
+
+
+def yolact_ohem(conf_data, conf_t, negpos_ratio=3):
+    """YOLACT's ``ohem_conf_loss`` selection of negatives (background = class 0)."""
+    num, _, num_classes = conf_data.shape
+    batch_conf = conf_data.view(-1, num_classes)
+    loss_c = torch.logsumexp(batch_conf, 1) - batch_conf[:, 0]
+    loss_c = loss_c.view(num, -1)
+    pos = conf_t > 0
+    loss_c[pos] = 0
+    loss_c[conf_t < 0] = 0
+    _, loss_idx = loss_c.sort(1, descending=True)
+    _, idx_rank = loss_idx.sort(1)
+    num_pos = pos.long().sum(1, keepdim=True)
+    num_neg = torch.clamp(negpos_ratio * num_pos, max=pos.size(1) - 1)
+    neg = idx_rank < num_neg.expand_as(idx_rank)
+    neg[pos] = 0
+    neg[conf_t < 0] = 0
+    return neg
+
+
+def test_ohem_negatives_equal_reference():
+    from lightning_seg.ops.yolact_matching import ohem_negatives
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 200, 5, generator=g)
+    state = torch.zeros(3, 200, dtype=torch.int64)
+    state[0, :10] = 1
+    state[0, 10:30] = -1
+    state[1, :70] = 1  # 210 negatives wanted, capped by the 199 cap and the 130 available
+    got = ohem_negatives(logits, state, 3)
+    want = yolact_ohem(logits, state, 3)
+    assert torch.equal(got, want)
+    assert got[0].sum() == 30 and got[1].sum() == 130 and got[2].sum() == 0
