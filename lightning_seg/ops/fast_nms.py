@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import torch
 
+from .box_matching import batched_box_iou
+
 __all__ = ["FastNMSResult", "fast_nms"]
 
 
@@ -77,7 +79,8 @@ def fast_nms(
     top, rows = per_class.topk(k, dim=-1, sorted=True)  # [B, C, K]
     picked = boxes.float().gather(1, rows.reshape(b, c * k, 1).expand(-1, -1, 4)).view(b, c, k, 4)
     # box j is suppressed by any higher-scored box i < j of its class, suppressed or not
-    suppressed = torch.triu(_pairwise_iou(picked), diagonal=1).amax(-2) > iou_threshold
+    flat = picked.view(b * c, k, 4)
+    suppressed = torch.triu(batched_box_iou(flat, flat).view(b, c, k, k), diagonal=1).amax(-2) > iou_threshold
     keep = ~suppressed & torch.isfinite(top)
     flat_scores = torch.where(keep, top, torch.full_like(top, float("-inf"))).view(b, c * k)
     best, order = flat_scores.topk(m, dim=-1, sorted=True)
@@ -90,15 +93,3 @@ def fast_nms(
         scores=torch.where(ok, best, torch.zeros_like(best)),
         valid=ok,
     )
-
-
-def _pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
-    """Box IoU of every pair within each of the leading groups: ``[..., K, 4]`` -> ``[..., K, K]``
-    (torchvision's ``box_iou`` formula, 0 for empty unions)."""
-    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
-    lt = torch.maximum(boxes[..., :, None, :2], boxes[..., None, :, :2])
-    rb = torch.minimum(boxes[..., :, None, 2:], boxes[..., None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area[..., :, None] + area[..., None, :] - inter
-    return torch.where(union > 0, inter / union, torch.zeros_like(inter))
