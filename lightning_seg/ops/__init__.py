@@ -1,5 +1,5 @@
 """Pure-tensor, batched, device-agnostic ops: point sampling, Hungarian matching, matrix NMS,
-Fast NMS, SOLO grid targets, YOLACT prior matching, mask-classification inference, Panoptic FPN fusion and UPSNet's panoptic head, dense
+Fast NMS, SOLO grid targets and inference steps, YOLACT prior matching, mask-classification inference, Panoptic FPN fusion and UPSNet's panoptic head, dense
 (sliding-window, TTA) inference, and the R-CNN ops (box matching and sampling, multi-scale
 RoIAlign, mask targets, mask pasting).
 No Lightning imports here."""
@@ -53,10 +53,15 @@ from .point_sampling import (
     uncertainty_from_logits,
 )
 from .roi_pooling import assign_fpn_levels, crop_mask_targets, multiscale_roi_align
+from .solo_inference import SOLOCandidates, maskness, points_nms, solo_candidates
 from .solo_targets import SOLOTargets, mask_centers, solo_targets
 from .yolact_matching import PriorMatch, ohem_negatives, yolact_match
 
 __all__ = [
+    "SOLOCandidates",
+    "maskness",
+    "points_nms",
+    "solo_candidates",
     "PriorMatch",
     "yolact_match",
     "ohem_negatives",
