@@ -7,7 +7,8 @@ and a candidate is kept when no higher-scored one of its class overlaps it by mo
 matrix, one column max, no sequential loop); the kept (candidate, class) pairs of all classes
 are ranked by score and the first ``max_detections`` returned.
 
-Here every image and class is one row of a ``[B, C, top_k, top_k]`` IoU tensor; images with
+Here every image and class is one row of a ``[B, C, top_k, top_k]`` IoU tensor (memory grows
+with ``B * C * top_k**2``: about 100 MB per 8 images of 80 classes at top_k 200); images with
 fewer candidates are padded with boxes that score ``-inf``, which sort last and are never
 returned, so they change nothing for real boxes.
 """
@@ -80,7 +81,8 @@ def fast_nms(
     picked = boxes.float().gather(1, rows.reshape(b, c * k, 1).expand(-1, -1, 4)).view(b, c, k, 4)
     # box j is suppressed by any higher-scored box i < j of its class, suppressed or not
     flat = picked.view(b * c, k, 4)
-    suppressed = torch.triu(batched_box_iou(flat, flat).view(b, c, k, k), diagonal=1).amax(-2) > iou_threshold
+    # kept when the column max is <= the threshold, as YOLACT tests it (a NaN IoU suppresses)
+    suppressed = ~(torch.triu(batched_box_iou(flat, flat).view(b, c, k, k), diagonal=1).amax(-2) <= iou_threshold)
     keep = ~suppressed & torch.isfinite(top)
     flat_scores = torch.where(keep, top, torch.full_like(top, float("-inf"))).view(b, c * k)
     best, order = flat_scores.topk(m, dim=-1, sorted=True)

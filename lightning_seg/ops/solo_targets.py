@@ -6,8 +6,9 @@ ranges overlap, so it can be positive on two levels); on an ``S x S`` grid over 
 input its centre cell holds the mask's centre of mass, its centre region reaches ``pos_scale``
 (0.2) of the half box size around it, clipped to the 3x3 cells around the centre cell, and every
 cell of that region is positive with the instance's class and mask. Where regions of several
-instances meet, the later instance (in ground-truth order) takes the cell, as the reference's
-in-place writes do. Instances with empty masks are skipped.
+instances meet, the later instance (in ground-truth order) takes the cell's class (and, for
+SOLO, its mask), as the reference's in-place writes do; SOLOv2 keeps a mask target for every
+(instance, cell) pair, returned as pair lists. Instances with empty masks are skipped.
 
 The reference loops over images, levels and instances; here each level is one scatter over
 the (instance, cell) pairs of the batch.
@@ -28,11 +29,19 @@ class SOLOTargets(NamedTuple):
 
     Attributes:
         labels: int64 ``[B, S, S]`` class of every cell (``num_classes`` = background).
-        instance: int64 ``[B, S, S]`` ground-truth column of every positive cell (-1 elsewhere).
+        instance: int64 ``[B, S, S]`` ground-truth column of every positive cell (-1 elsewhere):
+            the later instance where regions meet (SOLO's mask targets, written in place).
+        pair_image, pair_instance, pair_cell: int64 ``[P]`` every (image, ground-truth column,
+            flat cell ``i * S + j``) of every centre region, by image, column and row-major cell:
+            SOLOv2's mask targets, which keep one entry per pair, so a shared cell trains on
+            the masks of every instance whose region covers it.
     """
 
     labels: torch.Tensor
     instance: torch.Tensor
+    pair_image: torch.Tensor
+    pair_instance: torch.Tensor
+    pair_cell: torch.Tensor
 
 
 def mask_centers(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -91,6 +100,11 @@ def solo_targets(
     b, g = valid.shape
     dev = boxes.device
     hp, wp = input_size
+    if g == 0:
+        none = torch.zeros(0, dtype=torch.int64, device=dev)
+        return [SOLOTargets(torch.full((b, s, s), num_classes, dtype=torch.int64, device=dev),
+                            torch.full((b, s, s), -1, dtype=torch.int64, device=dev), none, none, none)
+                for s in grid_numbers]
     cy = torch.full((b, g), float("nan"), device=dev)
     cx = torch.full((b, g), float("nan"), device=dev)
     has_mask = torch.zeros(b, g, dtype=torch.bool, device=dev)
@@ -128,6 +142,7 @@ def solo_targets(
         owner = torch.full((b * s * s,), -1, dtype=torch.int64, device=dev)
         owner.scatter_reduce_(0, flat, pg, reduce="amax")
         owner = owner.view(b, s, s)
-        cls = labels.gather(1, owner.clamp(min=0).view(b, -1)).view(b, s, s)
-        out.append(SOLOTargets(torch.where(owner >= 0, cls, num_classes), owner))
+        cls = labels.long().gather(1, owner.clamp(min=0).view(b, -1)).view(b, s, s)
+        cell_of_pair = (coord_h[pb, pg] + offsets[pi]) * s + (coord_w[pb, pg] + offsets[pj])
+        out.append(SOLOTargets(torch.where(owner >= 0, cls, num_classes), owner, pb, pg, cell_of_pair))
     return out

@@ -61,6 +61,8 @@ def yolact_match(
         :class:`PriorMatch`.
     """
     b, g = gt_valid.shape
+    if crowd_boxes is not None and crowd_valid is None:
+        crowd_valid = torch.ones(crowd_boxes.shape[:2], dtype=torch.bool, device=crowd_boxes.device)
     pri = priors.expand(b, -1, -1) if priors.ndim == 2 else priors
     a = pri.shape[1]
     dev = pri.device
@@ -74,16 +76,18 @@ def yolact_match(
         best_truth_idx = torch.zeros(b, a, dtype=torch.int64, device=dev)
     counts = gt_valid.sum(1)
     rows = torch.arange(b, device=dev)
-    for step in range(int(counts.max()) if g else 0):
+    for step in range(int(counts.max()) if g and b else 0):
         active = step < counts  # images that still have a ground truth to force
         best_prior_overlap, best_prior_idx = overlaps.max(2)  # [B, G]
-        j = best_prior_overlap.max(1).indices  # [B]
+        # padding columns never win, even once every real entry has been removed (-1)
+        j = best_prior_overlap.masked_fill(~gt_valid, float("-inf")).max(1).indices  # [B]
         i = best_prior_idx[rows, j]
         ra, ja, ia = rows[active], j[active], i[active]
         overlaps[ra, :, ia] = -1
         overlaps[ra, ja, :] = -1
         best_truth_overlap[ra, ia] = 2
         best_truth_idx[ra, ia] = ja
+    best_truth_idx = best_truth_idx.masked_fill((counts == 0)[:, None], 0)
     state = torch.ones(b, a, dtype=torch.int64, device=dev)
     state[best_truth_overlap < pos_threshold] = -1
     state[best_truth_overlap < neg_threshold] = 0
@@ -102,7 +106,9 @@ def ohem_negatives(class_logits: torch.Tensor, state: torch.Tensor, negpos_ratio
 
     The background loss of a prior is ``logsumexp(logits) - logits[background]``; positive and
     neutral priors are never chosen, and the count is capped at ``A - 1`` per image, as in
-    YOLACT's ``ohem_conf_loss``.
+    YOLACT's ``ohem_conf_loss``. The log-sum-exp is taken per prior (YOLACT subtracts one maximum
+    over the whole batch, which underflows to ``-inf`` for priors ~100 below it and never mines
+    them); the rankings agree otherwise.
 
     Args:
         class_logits: float ``[B, A, K + 1]`` class logits of every prior (background included).

@@ -82,3 +82,13 @@ def test_suppressed_boxes_still_suppress():
 def test_empty_inputs():
     out = fast_nms(torch.zeros(2, 0, 4), torch.zeros(2, 0, 3))
     assert out.indices.shape == (2, 0) and out.valid.shape == (2, 0)
+
+
+def test_nan_iou_suppresses_as_in_yolact():
+    """Two empty boxes of one class have IoU 0/0: YOLACT keeps a box only when its IoU max is
+    <= the threshold, so the second is dropped."""
+    boxes = torch.tensor([[[5.0, 5, 5, 5], [5, 5, 5, 5], [0, 0, 10, 10]]])
+    scores = torch.tensor([[[0.9], [0.8], [0.7]]])
+    out = fast_nms(boxes, scores)
+    rows, _, _ = yolact_fast_nms(boxes[0], scores[0], 0.5, 200, 100, 0.05)
+    assert out.indices[0][out.valid[0]].tolist() == rows == [0, 2]

@@ -26,6 +26,7 @@ def reference_targets(boxes, labels, masks, num_classes, pad_size, pos_scale=0.2
     for (lower, upper), num_grid in zip(RANGES, GRIDS):
         lab = torch.zeros(num_grid, num_grid, dtype=torch.int64) + num_classes
         owner = torch.full((num_grid, num_grid), -1, dtype=torch.int64)
+        pairs = []
         inds = ((areas >= lower) & (areas <= upper)).nonzero().flatten()
         pos_w = 0.5 * (boxes[inds, 2] - boxes[inds, 0]) * pos_scale
         pos_h = 0.5 * (boxes[inds, 3] - boxes[inds, 1]) * pos_scale
@@ -43,10 +44,12 @@ def reference_targets(boxes, labels, masks, num_classes, pad_size, pos_scale=0.2
             top, down = max(top_box, coord_h - 1), min(down_box, coord_h + 1)
             left, right = max(coord_w - 1, left_box), min(right_box, coord_w + 1)
             lab[top: down + 1, left: right + 1] = labels[gt]
+            # SOLOv2 appends one mask target per (instance, cell), row-major over the region
+            pairs.extend((gt, i * num_grid + j) for i in range(top, down + 1) for j in range(left, right + 1))
             if stats is not None:
                 stats["overwritten"] += int((owner[top: down + 1, left: right + 1] >= 0).sum())
             owner[top: down + 1, left: right + 1] = gt
-        out.append((lab, owner))
+        out.append((lab, owner, pairs))
     return out
 
 
@@ -88,9 +91,12 @@ def test_solo_targets_equal_mmdetection_loop(seed):
     stats = {"overwritten": 0}
     for i, (bx, lab, m) in enumerate(images):
         ref = reference_targets(bx, lab, m, 5, (h, w), stats=stats)
-        for level, (ref_lab, ref_owner) in enumerate(ref):
-            assert torch.equal(out[level].labels[i], ref_lab), (i, level)
-            assert torch.equal(out[level].instance[i], ref_owner), (i, level)
+        for level, (ref_lab, ref_owner, ref_pairs) in enumerate(ref):
+            t = out[level]
+            assert torch.equal(t.labels[i], ref_lab), (i, level)
+            assert torch.equal(t.instance[i], ref_owner), (i, level)
+            mine = t.pair_image == i
+            assert list(zip(t.pair_instance[mine].tolist(), t.pair_cell[mine].tolist())) == ref_pairs
             positives += int((ref_owner >= 0).sum())
     assert positives > 30
     # cells shared by two instances and instances positive on two levels occur
@@ -110,3 +116,12 @@ def test_mask_centers_match_loop():
             continue
         ry, rx = center_of_mass(masks[j])
         assert cy[j] == ry and cx[j] == rx and area[j] == masks[j].sum()
+
+
+def test_batch_without_ground_truth():
+    out = solo_targets(torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.int64), torch.zeros(2, 0, dtype=torch.bool),
+                       torch.zeros(0, 64, 64, dtype=torch.bool), torch.zeros(2, 0, dtype=torch.int64), (64, 64), 3)
+    assert len(out) == len(GRIDS)
+    for t, s in zip(out, GRIDS):
+        assert t.labels.shape == (2, s, s) and (t.labels == 3).all() and (t.instance == -1).all()
+        assert t.pair_cell.numel() == 0

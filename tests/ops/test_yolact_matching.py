@@ -84,16 +84,38 @@ def test_no_ground_truth_is_background_or_crowd_neutral():
     crowd = torch.tensor([[[0.0, 0.0, 40.0, 40.0]]])
     out = yolact_match(torch.zeros(1, 0, 4), torch.zeros(1, 0, dtype=torch.bool), priors, crowd,
                        torch.ones(1, 1, dtype=torch.bool))
-    inside = (priors[:, 2] <= 40) & (priors[:, 3] <= 40) & (priors[:, 0] >= 0) & (priors[:, 1] >= 0)
-    assert (out.state[0][inside] == -1).all() and (out.state[0][~inside] >= -1).all()
-    assert not (out.state == 1).any()
+    neutral = jaccard(priors, crowd[0], iscrowd=True).max(1).values > 0.7
+    assert torch.equal(out.state[0], torch.where(neutral, -1, 0))
+    assert neutral.any() and not neutral.all() and (out.gt_index == 0).all()
+    # crowd regions without a validity mask are all real
+    again = yolact_match(torch.zeros(1, 0, 4), torch.zeros(1, 0, dtype=torch.bool), priors, crowd)
+    assert torch.equal(again.state, out.state)
+
+
+def test_padding_columns_anywhere_and_more_ground_truth_than_priors():
+    """Padding may sit before real columns; with more ground truths than priors the forced loop
+    runs out of priors and must still never match a padding column."""
+    priors = torch.tensor([[0.0, 0, 10, 10], [20, 0, 30, 10], [0, 20, 10, 30]])
+    real = torch.tensor([[0.0, 0, 9, 9], [21, 0, 30, 9], [0, 21, 9, 30], [1, 1, 10, 10], [19, 1, 29, 10]])
+    gt = torch.cat([torch.zeros(1, 4), real])[None]  # column 0 is padding
+    valid = torch.tensor([[False, True, True, True, True, True]])
+    out = yolact_match(gt, valid, priors)
+    idx, conf = yolact_reference(real.clone(), priors, None, 0.5, 0.4, 0.7)
+    assert torch.equal(out.gt_index[0], idx + 1) and torch.equal(out.state[0], conf)
+    assert (out.gt_index[0] > 0).all()
+
+
+def log_sum_exp(x):
+    """YOLACT's ``log_sum_exp``: one maximum over the whole input."""
+    x_max = x.max()
+    return torch.log(torch.sum(torch.exp(x - x_max), 1)) + x_max
 
 
 def yolact_ohem(conf_data, conf_t, negpos_ratio=3):
     """YOLACT's ``ohem_conf_loss`` selection of negatives (background = class 0)."""
     num, _, num_classes = conf_data.shape
     batch_conf = conf_data.view(-1, num_classes)
-    loss_c = torch.logsumexp(batch_conf, 1) - batch_conf[:, 0]
+    loss_c = log_sum_exp(batch_conf) - batch_conf[:, 0]
     loss_c = loss_c.view(num, -1)
     pos = conf_t > 0
     loss_c[pos] = 0
