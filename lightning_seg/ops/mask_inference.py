@@ -36,6 +36,7 @@ __all__ = [
     "thing_mask",
     "band_budget_for",
     "resized_argmax",
+    "panoptic_predictions",
 ]
 
 Size = tuple[int, int]
@@ -369,12 +370,27 @@ def panoptic_inference(
             dim=1,
         )
         seg_rows.append(rows_i)
-    infos: list[list[SegmentInfo]] = [[] for _ in range(b)]
-    if seg_rows:
-        # Rows carry a keep flag so that filtering happens after the single copy to the host.
-        for img, sid, cat, th, s, ok in torch.cat(seg_rows).cpu().tolist():
-            if not ok:
-                continue
+    return panoptic_predictions(maps, seg_rows)
+
+
+def panoptic_predictions(
+    maps: Sequence[torch.Tensor], rows: Sequence[torch.Tensor]
+) -> list[PanopticPrediction]:
+    """Panoptic predictions from id maps and segment rows, with one copy to the host.
+
+    Args:
+        maps: per image int32 ``[H, W]`` segment-id maps.
+        rows: float64 ``[R_i, 6]`` tensors of ``(image, id, category_id, isthing, score, keep)``;
+            the kept rows become each image's ``segments_info``, in row order.
+
+    Returns:
+        ``len(maps)`` :class:`PanopticPrediction`.
+    """
+    infos: list[list[SegmentInfo]] = [[] for _ in maps]
+    if len(rows):
+        table = torch.cat(list(rows))
+        # filtering on the device, so that only kept rows are copied
+        for img, sid, cat, th, s, _ in table[table[:, 5] > 0].cpu().tolist():
             infos[int(img)].append(
                 SegmentInfo(id=int(sid), category_id=int(cat), isthing=bool(th), score=float(s))
             )

@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 import torch
 
-from ..structures import InstancePrediction, PanopticPrediction, SegmentInfo
-from .mask_inference import thing_mask
+from ..structures import InstancePrediction, PanopticPrediction
+from .mask_inference import panoptic_predictions, thing_mask
 
 __all__ = ["panoptic_fpn_fusion", "paste_in_score_order"]
 
@@ -103,14 +103,14 @@ def _paste(masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], overla
     n_max = max(passing)
     ln = _Lanes(1 if n_max <= 127 else 2 if n_max <= (1 << 15) - 2 else 4)
     values, ranks, local_ranks, positions = [], [], [], []
-    pixel_offsets, rank_offsets, word_counts = [], [], []
+    pixel_offsets, rank_offsets, word_offsets = [], [], []
     rank_off = word_off = pixel_off = 0
     for m, order, n, sorted_ in zip(masks, orders, passing, in_order):
         hw = m.shape[-2] * m.shape[-1]
         nw = -(-hw // ln.per_word)
         pixel_offsets.append(pixel_off)
         rank_offsets.append(rank_off)
-        word_counts.append(nw)
+        word_offsets.append(word_off)
         if n and hw:
             chosen = (m[:n] if sorted_ else m.index_select(0, order[:n])).reshape(n, hw)
             flat = chosen.to(_LANE_DTYPES[ln.bytes]) if ln.bytes > 1 else chosen.contiguous().view(torch.uint8)
@@ -204,11 +204,11 @@ def _paste(masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], overla
         # at most one mask owns each lane, so the sum writes (rank + 1) into it without carries
         owner_words.index_add_(0, pos, owned * (local + 1))
     lanes = owner_words.view(_LANE_DTYPES[ln.bytes])
-    if all(nw * ln.per_word == m.shape[-2] * m.shape[-1] for m, nw in zip(masks, word_counts)):
+    if word_off * ln.per_word == pixel_off:  # no image ends inside a word: lanes are the pixels
         owner = lanes[:pixel_off]
     else:
         owner = torch.cat([lanes[o * ln.per_word: o * ln.per_word + m.shape[-2] * m.shape[-1]]
-                           for m, o in zip(masks, [sum(word_counts[:i]) for i in range(len(masks))])])
+                           for m, o in zip(masks, word_offsets)])
     return _Pasting(owner, accepted, orders, passing, pixel_offsets, rank_offsets)
 
 
@@ -341,16 +341,11 @@ def panoptic_fpn_fusion(
     sorted_labels = torch.cat([inst["labels"].to(dev)[order[:n]] for inst, order, n in
                                zip(instances, p.orders, p.passing)])
     sorted_scores = torch.cat([s[order[:n]] for s, order, n in zip(scores, p.orders, p.passing)])
-    # thing rows first, in rank order, then stuff rows in class order; kept rows only, copied
-    # to the host once
-    ints = torch.cat([
-        torch.stack([image_of_rank, thing_id, sorted_labels.long(), torch.ones_like(thing_id)], 1)[p.accepted],
-        torch.stack([torch.arange(b, device=dev)[:, None].expand(b, k), stuff_id,
-                     torch.arange(k, device=dev).expand(b, k), torch.zeros_like(stuff_id)], 2)[stuff_ok],
-    ])
-    segment_scores = torch.cat([sorted_scores.double()[p.accepted],
-                                torch.ones(int(stuff_ok.sum()), dtype=torch.float64, device=dev)])
-    infos: list[list[SegmentInfo]] = [[] for _ in instances]
-    for (im, sid, cat, th), sc in zip(ints.cpu().tolist(), segment_scores.cpu().tolist()):
-        infos[im].append(SegmentInfo(id=sid, category_id=cat, isthing=th == 1, score=sc))
-    return [PanopticPrediction(panoptic_seg=m, segments_info=inf) for m, inf in zip(maps, infos)]
+    # thing rows first, in rank order, then stuff rows in class order
+    f64 = {"dtype": torch.float64, "device": dev}
+    thing_rows = torch.stack([image_of_rank.double(), thing_id.double(), sorted_labels.double(),
+                              torch.ones(acc.numel(), **f64), sorted_scores.double(), p.accepted.double()], 1)
+    stuff_rows = torch.stack([torch.arange(b, **f64)[:, None].expand(b, k), stuff_id.double(),
+                              torch.arange(k, **f64).expand(b, k), torch.zeros(b, k, **f64),
+                              torch.ones(b, k, **f64), stuff_ok.double()], 2).reshape(b * k, 6)
+    return panoptic_predictions(maps, [thing_rows, stuff_rows])

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..structures import PanopticPrediction, SegmentInfo
-from .mask_inference import band_budget_for, resized_argmax
+from ..structures import PanopticPrediction
+from .mask_inference import band_budget_for, panoptic_predictions, resized_argmax
 from .mask_paste import paste_masks_batched
 
 __all__ = ["PAD_LOGIT", "box_masks", "upsnet_panoptic_logits", "upsnet_panoptic_inference"]
@@ -153,9 +153,4 @@ def upsnet_panoptic_inference(
         thing = torch.cat([torch.ones(n, device=dev), torch.zeros(s, device=dev)]).double()
         rows.append(torch.stack([torch.full((n + s,), float(i), dtype=torch.float64, device=dev),
                                  ids[order].double(), cat.double(), thing, sc, keep[order].double()], 1))
-    infos: list[list[SegmentInfo]] = [[] for _ in range(b)]
-    if rows:
-        table = torch.cat(rows)
-        for im, sid, cat_, th, sc_, _ in table[table[:, 5] > 0].cpu().tolist():
-            infos[int(im)].append(SegmentInfo(id=int(sid), category_id=int(cat_), isthing=bool(th), score=float(sc_)))
-    return [PanopticPrediction(panoptic_seg=m, segments_info=inf) for m, inf in zip(maps, infos)]
+    return panoptic_predictions(maps, rows)

@@ -104,13 +104,25 @@ class MaskRCNN(nn.Module):
             float scalars with targets, else :class:`~lightning_seg.models.rcnn.roi_heads.Detections`.
         """
         features = self.features(images)
+        if targets is None:
+            return self.detect(features, images, image_sizes)
+        return self.instance_losses(features, images, image_sizes, targets)
+
+    def instance_losses(self, features: list[Tensor], images: Tensor, image_sizes: Tensor,
+                        targets: BoxTargets) -> dict[str, Tensor]:
+        """The RPN and RoI-head loss terms from FPN levels P2-P6 (see :meth:`forward`)."""
         padded = (int(images.shape[-2]), int(images.shape[-1]))
         proposals, valid, rpn_losses = self.rpn(features, image_sizes, padded, targets)
-        if targets is None:
-            return self.roi_heads.detect(features[:4], proposals, valid, image_sizes)
         losses = {k: v * self.rpn_loss_weight for k, v in rpn_losses.items()}
         losses.update(self.roi_heads.losses(features[:4], proposals, valid, targets))
         return losses
+
+    def detect(self, features: list[Tensor], images: Tensor, image_sizes: Tensor,
+               with_masks: bool = True) -> Detections:
+        """Detections (with mask probabilities unless ``with_masks=False``) from FPN levels P2-P6."""
+        padded = (int(images.shape[-2]), int(images.shape[-1]))
+        proposals, valid, _ = self.rpn(features, image_sizes, padded, None)
+        return self.roi_heads.detect(features[:4], proposals, valid, image_sizes, with_masks=with_masks)
 
     @torch.no_grad()
     def postprocess(self, detections: Detections, image_sizes: Tensor,

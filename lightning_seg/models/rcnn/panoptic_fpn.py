@@ -22,7 +22,6 @@ from lightning_seg.models.rcnn.rpn import BoxTargets
 from lightning_seg.models.rcnn.settings import PanopticSettings, settings_from
 from lightning_seg.models.rcnn.targets import (
     box_targets_from_batch,
-    segment_maps,
     semantic_targets,
 )
 from lightning_seg.models.semantic_heads import SemanticFPNHead
@@ -76,6 +75,9 @@ class PanopticOutputs:
 
 class PanopticRCNN(MaskRCNN):
     """Mask R-CNN on the thing classes of a panoptic dataset, plus what a semantic branch needs.
+
+    A subclass builds ``semantic_head`` (FPN levels P2-P5 -> logits at P2's stride) and may
+    override :meth:`panoptic_outputs` and :meth:`extra_losses`; :meth:`forward` is shared.
 
     Args:
         num_classes: ``K``, all classes (things and stuff).
@@ -133,14 +135,6 @@ class PanopticRCNN(MaskRCNN):
         boxes.labels = self.thing_index[boxes.labels].clamp(min=0)
         return PanopticTargets(boxes, semantic_targets(targets, self.semantic_class_map(), IGNORE))
 
-    def _instance_losses(self, features: list[Tensor], images: Tensor, image_sizes: Tensor,
-                         targets: BoxTargets) -> dict[str, Tensor]:
-        padded = (int(images.shape[-2]), int(images.shape[-1]))
-        proposals, valid, rpn_losses = self.rpn(features, image_sizes, padded, targets)
-        losses = {k: v * self.rpn_loss_weight for k, v in rpn_losses.items()}
-        losses.update(self.roi_heads.losses(features[:4], proposals, valid, targets))
-        return losses
-
     @staticmethod
     def _semantic_loss(logits: Tensor, target: Tensor) -> Tensor:
         # logits at the finest stride, brought to the input size as the papers do (x4 bilinear)
@@ -149,11 +143,34 @@ class PanopticRCNN(MaskRCNN):
             return up.sum() * 0.0
         return F.cross_entropy(up, target, ignore_index=IGNORE)
 
-    # ---------------------------------------------------------------- inference
-    def _detect(self, features: list[Tensor], images: Tensor, image_sizes: Tensor, with_masks: bool = True) -> Detections:
-        padded = (int(images.shape[-2]), int(images.shape[-1]))
-        proposals, valid, _ = self.rpn(features, image_sizes, padded, None)
-        return self.roi_heads.detect(features[:4], proposals, valid, image_sizes, with_masks=with_masks)
+    # ---------------------------------------------------------------- the two models
+    def forward(self, images: Tensor, image_sizes: Tensor,
+                targets: PanopticTargets | None = None) -> dict[str, Tensor] | PanopticOutputs:
+        """Loss terms (with ``targets``) or :class:`PanopticOutputs`.
+
+        Args:
+            images: float ``[B, 3, Hp, Wp]`` in ``[0, 1]``, padded.
+            image_sizes: int64 ``[B, 2]`` ``(H, W)`` before padding.
+            targets: from :meth:`targets_from_batch` (training).
+        """
+        features = self.features(images)
+        semantic = self.semantic_head(features[:4])
+        if targets is None:
+            return self.panoptic_outputs(features, semantic, images, image_sizes)
+        losses = self.instance_losses(features, images, image_sizes, targets.boxes)
+        losses["loss_sem_seg"] = self._semantic_loss(semantic, targets.semantic)
+        losses.update(self.extra_losses(features, semantic, targets))
+        return losses
+
+    def panoptic_outputs(self, features: list[Tensor], semantic: Tensor, images: Tensor,
+                         image_sizes: Tensor) -> PanopticOutputs:
+        """Eval-mode outputs from FPN levels P2-P6 and the semantic logits ``[B, C, h, w]``."""
+        return PanopticOutputs(self.detect(features, images, image_sizes), semantic,
+                               (int(images.shape[-2]), int(images.shape[-1])))
+
+    def extra_losses(self, features: list[Tensor], semantic: Tensor, targets: PanopticTargets) -> dict[str, Tensor]:
+        """Loss terms beyond Mask R-CNN's and the semantic cross-entropy (none here)."""
+        return {}
 
     def instance_predictions(self, outputs: PanopticOutputs, image_sizes: Tensor,
                              output_sizes: list[tuple[int, int]]) -> list[InstancePrediction]:
@@ -203,24 +220,6 @@ class PanopticFPN(PanopticRCNN):
         out[self.stuff_ids] = torch.arange(self.stuff_ids.numel(), device=self.stuff_ids.device)
         return out
 
-    def forward(self, images: Tensor, image_sizes: Tensor,
-                targets: PanopticTargets | None = None) -> dict[str, Tensor] | PanopticOutputs:
-        """Loss terms (with ``targets``) or :class:`PanopticOutputs`.
-
-        Args:
-            images: float ``[B, 3, Hp, Wp]`` in ``[0, 1]``, padded.
-            image_sizes: int64 ``[B, 2]`` ``(H, W)`` before padding.
-            targets: from :meth:`targets_from_batch` (training).
-        """
-        features = self.features(images)
-        semantic = self.semantic_head(features[:4])
-        if targets is None:
-            return PanopticOutputs(self._detect(features, images, image_sizes), semantic,
-                                   (int(images.shape[-2]), int(images.shape[-1])))
-        losses = self._instance_losses(features, images, image_sizes, targets.boxes)
-        losses["loss_sem_seg"] = self._semantic_loss(semantic, targets.semantic)
-        return losses
-
     @torch.no_grad()
     def postprocess(self, outputs: PanopticOutputs, image_sizes: Tensor,  # type: ignore[override]
                     output_sizes: list[tuple[int, int]]) -> dict[str, list[Any]]:
@@ -246,15 +245,3 @@ class PanopticFPN(PanopticRCNN):
                                        p.overlap_threshold, p.stuff_area_threshold, p.instance_score_threshold)
         return {"panoptic": panoptic, "instance": instances}
 
-
-def panoptic_targets_with_segments(model: PanopticRCNN, targets: Sequence[dict[str, Any]]) -> PanopticTargets:
-    """:meth:`PanopticRCNN.targets_from_batch` plus the segment maps UPSNet's panoptic loss needs."""
-    out = PanopticRCNN.targets_from_batch(model, targets)
-    segments, columns = segment_maps(targets)
-    classes = torch.full_like(columns, -1)
-    crowd = torch.zeros_like(columns, dtype=torch.bool)
-    for i, t in enumerate(targets):
-        classes[i, : t["labels"].numel()] = t["labels"]
-        crowd[i, : t["labels"].numel()] = t["iscrowd"]
-    out.segments, out.segment_columns, out.segment_classes, out.segment_crowd = segments, columns, classes, crowd
-    return out

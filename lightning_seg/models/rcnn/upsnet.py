@@ -28,9 +28,9 @@ from lightning_seg.models.rcnn.panoptic_fpn import (
     PanopticOutputs,
     PanopticRCNN,
     PanopticTargets,
-    panoptic_targets_with_segments,
 )
 from lightning_seg.models.rcnn.settings import PanopticSettings
+from lightning_seg.models.rcnn.targets import segment_maps
 from lightning_seg.models.semantic_heads import UPSNetSemanticHead
 from lightning_seg.ops.mask_inference import resized_argmax
 from lightning_seg.ops.mask_paste import paste_masks_batched
@@ -125,25 +125,19 @@ class UPSNet(PanopticRCNN):
         return torch.arange(self.total_classes, device=self.stuff_ids.device)
 
     def targets_from_batch(self, targets: Sequence[dict[str, Any]]) -> PanopticTargets:
-        return panoptic_targets_with_segments(self, targets)
+        """The base targets plus the segment maps the panoptic loss needs."""
+        out = super().targets_from_batch(targets)
+        out.segments, out.segment_columns = segment_maps(targets)
+        out.segment_classes = torch.full_like(out.segment_columns, -1)
+        out.segment_crowd = torch.zeros_like(out.segment_columns, dtype=torch.bool)
+        for i, t in enumerate(targets):
+            out.segment_classes[i, : t["labels"].numel()] = t["labels"]
+            out.segment_crowd[i, : t["labels"].numel()] = t["iscrowd"]
+        return out
 
-    def forward(self, images: Tensor, image_sizes: Tensor,
-                targets: PanopticTargets | None = None) -> dict[str, Tensor] | PanopticOutputs:
-        """Loss terms (with ``targets``) or :class:`~lightning_seg.models.rcnn.panoptic_fpn.PanopticOutputs`.
-
-        Args:
-            images: float ``[B, 3, Hp, Wp]`` in ``[0, 1]``, padded.
-            image_sizes: int64 ``[B, 2]`` ``(H, W)`` before padding.
-            targets: from :meth:`targets_from_batch` (training).
-        """
-        features = self.features(images)
-        semantic = self.semantic_head(features[:4])
-        if targets is None:
-            return self._panoptic_outputs(features, semantic, images, image_sizes)
-        losses = self._instance_losses(features, images, image_sizes, targets.boxes)
-        losses["loss_sem_seg"] = self._semantic_loss(semantic, targets.semantic)
-        losses["loss_panoptic"] = self.panoptic_loss(features, semantic, targets)
-        return losses
+    def extra_losses(self, features: list[Tensor], semantic: Tensor, targets: PanopticTargets) -> dict[str, Tensor]:
+        """``loss_panoptic``."""
+        return {"loss_panoptic": self.panoptic_loss(features, semantic, targets)}
 
     def panoptic_target(self, targets: PanopticTargets, keep: Tensor, num_slots: int) -> Tensor:
         """int64 ``[B, Hp, Wp]`` channel of every pixel: its stuff class, its kept instance's slot
@@ -196,10 +190,10 @@ class UPSNet(PanopticRCNN):
         return F.cross_entropy(up, target, ignore_index=IGNORE)
 
     @torch.no_grad()
-    def _panoptic_outputs(self, features: list[Tensor], semantic: Tensor, images: Tensor,
+    def panoptic_outputs(self, features: list[Tensor], semantic: Tensor, images: Tensor,
                           image_sizes: Tensor) -> PanopticOutputs:
         p = self.panoptic
-        det = self._detect(features, images, image_sizes, with_masks=False)
+        det = self.detect(features, images, image_sizes, with_masks=False)
         b = image_sizes.shape[0]
         h, w = semantic.shape[-2:]
         stride = self.fpn.strides[0]
