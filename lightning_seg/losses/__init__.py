@@ -13,7 +13,9 @@ from lightning_seg.losses.focal import FocalLoss
 from lightning_seg.losses.lovasz import LovaszSoftmaxLoss, lovasz_softmax
 from lightning_seg.losses.ohem import OhemCrossEntropyLoss, ohem_keep_mask
 from lightning_seg.losses.set_criterion import SetCriterion
+from lightning_seg.losses.solo_loss import SOLOCriterion, dice_loss_per_mask, downsample_masks
 from lightning_seg.losses.task_weighting import TaskWeighting
+from lightning_seg.losses.yolact_loss import YOLACTCriterion, random_subset_per_image
 
 __all__ = [
     "CombinedLoss",
@@ -22,8 +24,13 @@ __all__ = [
     "FocalLoss",
     "LovaszSoftmaxLoss",
     "OhemCrossEntropyLoss",
+    "SOLOCriterion",
     "SetCriterion",
     "TaskWeighting",
+    "YOLACTCriterion",
+    "dice_loss_per_mask",
+    "downsample_masks",
+    "random_subset_per_image",
     "class_weights_from_counts",
     "compute_class_weights",
     "count_class_pixels",

@@ -1,4 +1,4 @@
-"""lightning_seg.models: nn.Modules only (backbones, the FPN, per-pixel, mask-classification and R-CNN models: Mask R-CNN, Panoptic FPN, UPSNet).
+"""lightning_seg.models: nn.Modules only (backbones, the FPN, per-pixel, mask-classification and R-CNN models: Mask R-CNN, Panoptic FPN, UPSNet; single-stage instance models: SOLO, SOLOv2, YOLACT).
 
 Tasks build their model by name with :func:`create_model`; each registered name declares its
 family (see :mod:`lightning_seg.models.registry`).
@@ -7,6 +7,7 @@ family (see :mod:`lightning_seg.models.registry`).
 from __future__ import annotations
 
 from lightning_seg.models.backbone import Backbone
+from lightning_seg.models.dense_instance import SOLO, YOLACT, SOLOv2
 from lightning_seg.models.mask_classification import Mask2Former, MaskFormer
 from lightning_seg.models.necks import FPN
 from lightning_seg.models.per_pixel import (
@@ -38,6 +39,9 @@ register_model("mask2former", Mask2Former, "mask_classification")
 register_model("mask_rcnn", MaskRCNN, "rcnn")
 register_model("panoptic_fpn", PanopticFPN, "rcnn")
 register_model("upsnet", UPSNet, "rcnn")
+register_model("solo", SOLO, "dense_instance")
+register_model("solov2", SOLOv2, "dense_instance")
+register_model("yolact", YOLACT, "dense_instance")
 
 __all__ = [
     "FCN",
@@ -46,6 +50,9 @@ __all__ = [
     "MaskRCNN",
     "MaskFormer",
     "Backbone",
+    "SOLO",
+    "SOLOv2",
+    "YOLACT",
     "DeepLabV3",
     "DeepLabV3Plus",
     "FPN",

@@ -30,14 +30,20 @@ def _level_size(finest: tuple[int, int], ratio: int) -> tuple[int, int]:
     return math.ceil(finest[0] / ratio), math.ceil(finest[1] / ratio)
 
 
-def fpn_scale_heads(in_channels: int, strides: Sequence[int], channels: int, norm: Norm) -> nn.ModuleList:
+def fpn_scale_heads(in_channels: int, strides: Sequence[int], channels: int, norm: Norm,
+                    coarsest_extra_channels: int = 0) -> nn.ModuleList:
     """Panoptic FPN's per-level branches: ``max(1, log2(s / s_0))`` 3x3 conv-norm-ReLU blocks at
-    stride ``s`` (the upsampling between them is in :func:`sum_scale_heads`)."""
+    stride ``s`` (the upsampling between them is in :func:`sum_scale_heads`).
+
+    ``coarsest_extra_channels`` widens the input of the coarsest level's first block (SOLOv2's
+    mask features read P5 with two coordinate channels)."""
     strides = _check_strides(strides, "the semantic FPN head")
+    last = len(strides) - 1
     return nn.ModuleList(
-        nn.ModuleList(ConvNormAct(in_channels if k == 0 else channels, channels, 3, norm=norm)
+        nn.ModuleList(ConvNormAct((in_channels + (coarsest_extra_channels if i == last else 0)) if k == 0 else channels,
+                                  channels, 3, norm=norm)
                       for k in range(max(1, int(math.log2(stride // strides[0])))))
-        for stride in strides
+        for i, stride in enumerate(strides)
     )
 
 

@@ -1,5 +1,5 @@
 """Pure-tensor, batched, device-agnostic ops: point sampling, Hungarian matching, matrix NMS,
-Fast NMS, SOLO grid targets and inference steps, YOLACT prior matching, mask-classification inference, Panoptic FPN fusion and UPSNet's panoptic head, dense
+Fast NMS, masks as linear combinations of features (SOLOv2 kernels, YOLACT prototypes), SOLO grid targets and inference steps, YOLACT prior matching, mask-classification inference, Panoptic FPN fusion and UPSNet's panoptic head, dense
 (sliding-window, TTA) inference, and the R-CNN ops (box matching and sampling, multi-scale
 RoIAlign, mask targets, mask pasting).
 No Lightning imports here."""
@@ -13,7 +13,10 @@ from .box_matching import (
 )
 from .dense_inference import crop_and_resize, dense_probabilities, slide_inference
 from .linear_assignment import sanitize_costs, solve_assignment
+from .dynamic_masks import linear_combination_masks, yolact_box_crop
+from .image_groups import ImageGroups, group_by_image
 from .mask_inference import (
+    binary_masks_at_size,
     instance_inference,
     panoptic_inference,
     semantic_inference,
@@ -58,6 +61,11 @@ from .solo_targets import SOLOTargets, mask_centers, solo_targets
 from .yolact_matching import PriorMatch, ohem_negatives, yolact_match
 
 __all__ = [
+    "binary_masks_at_size",
+    "linear_combination_masks",
+    "yolact_box_crop",
+    "ImageGroups",
+    "group_by_image",
     "SOLOCandidates",
     "maskness",
     "points_nms",

@@ -37,6 +37,7 @@ __all__ = [
     "band_budget_for",
     "resized_argmax",
     "panoptic_predictions",
+    "binary_masks_at_size",
 ]
 
 Size = tuple[int, int]
@@ -103,6 +104,45 @@ def thing_mask(
         if int(t.min()) < 0 or int(t.max()) >= num_classes:
             raise ValueError(f"thing class ids {t.tolist()} outside [0, {num_classes})")
         out[t.long()] = True
+    return out
+
+
+@torch.no_grad()
+def binary_masks_at_size(
+    probs: torch.Tensor,
+    padded_size: Size,
+    image_size: Size,
+    out_size: Size,
+    threshold: float = 0.5,
+    band_budget: int | None = None,
+) -> torch.Tensor:
+    """Binary masks of one image at ``out_size`` from mask probabilities over the padded input.
+
+    The probabilities are resized as SOLO and YOLACT do (bilinear to the padded input, crop
+    the image, bilinear to the output size) and thresholded, band by band of output rows, so
+    no float ``[M, H, W]`` exists at the output size.
+
+    Args:
+        probs: float ``[M, h, w]`` probabilities covering the padded input.
+        padded_size: ``(Hp, Wp)`` of the padded input.
+        image_size: ``(H, W)`` of the image inside it.
+        out_size: ``(H0, W0)`` of the output.
+        threshold: a pixel is on where the resized probability exceeds it.
+        band_budget: elements per band (default :func:`band_budget_for`, ``2**19`` on CPU).
+
+    Returns:
+        bool ``[M, H0, W0]``.
+    """
+    if band_budget is None:
+        band_budget = band_budget_for(probs.device, 1 << 19)
+    h0, w0 = out_size
+    out = torch.empty(probs.shape[0], h0, w0, dtype=torch.bool, device=probs.device)
+    if probs.shape[0] == 0:
+        return out
+    ty, tx = _taps(probs, tuple(padded_size), tuple(image_size), (h0, w0))
+    wide = resize_width(probs, tx)
+    for rows in row_bands(h0, probs.shape[0] * w0, band_budget):
+        out[:, rows] = resize_height(wide, ty, rows) > threshold
     return out
 
 

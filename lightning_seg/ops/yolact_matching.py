@@ -100,7 +100,7 @@ def yolact_match(
 
 @torch.no_grad()
 def ohem_negatives(class_logits: torch.Tensor, state: torch.Tensor, negpos_ratio: int = 3,
-                   background: int = 0) -> torch.Tensor:
+                   background: int = 0, min_negatives: int = 0) -> torch.Tensor:
     """YOLACT's online hard negative mining: per image the ``negpos_ratio`` x (positives)
     background priors of highest background loss.
 
@@ -115,6 +115,8 @@ def ohem_negatives(class_logits: torch.Tensor, state: torch.Tensor, negpos_ratio
         state: int64 ``[B, A]`` from :func:`yolact_match` (1 positive, 0 background, -1 neutral).
         negpos_ratio: negatives per positive.
         background: index of the background column.
+        min_negatives: at least this many per image (YOLACT: 0, so an image without positives
+            gives no classification loss; YOLACT drops such images from training instead).
 
     Returns:
         bool ``[B, A]`` the chosen negatives.
@@ -125,5 +127,5 @@ def ohem_negatives(class_logits: torch.Tensor, state: torch.Tensor, negpos_ratio
     loss = loss.masked_fill(pos | neutral, 0.0)
     order = torch.sort(loss, dim=1, descending=True, stable=True)[1]
     rank = order.argsort(dim=1)
-    num_neg = (negpos_ratio * pos.sum(1, keepdim=True)).clamp(max=state.shape[1] - 1)
+    num_neg = (negpos_ratio * pos.sum(1, keepdim=True)).clamp(min=min_negatives).clamp(max=state.shape[1] - 1)
     return (rank < num_neg) & ~pos & ~neutral

@@ -1,8 +1,9 @@
 """LightningModules, one per task family, over the shared :class:`SegTask` base."""
 
 from lightning_seg.tasks.base import SegTask
+from lightning_seg.tasks.dense_instance import DenseInstanceModule
 from lightning_seg.tasks.mask_classification import MaskClassificationModule
 from lightning_seg.tasks.rcnn import RCNNModule
 from lightning_seg.tasks.semantic import SemanticSegmentationModule
 
-__all__ = ["MaskClassificationModule", "RCNNModule", "SegTask", "SemanticSegmentationModule"]
+__all__ = ["DenseInstanceModule", "MaskClassificationModule", "RCNNModule", "SegTask", "SemanticSegmentationModule"]

@@ -155,6 +155,12 @@ class SegTask(LightningModule):
         """
         raise NotImplementedError
 
+    @staticmethod
+    def image_sizes(batch: Batch) -> Tensor:
+        """int64 ``[B, 2]`` ``(H, W)`` of every image of ``batch`` inside the padded input."""
+        return torch.tensor([tuple(t["image_size"]) for t in batch["targets"]], dtype=torch.int64,
+                            device=batch["images"].device)
+
     # --- the step template ------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         terms = self.compute_losses(batch)

@@ -17,7 +17,6 @@ from lightning_seg.ops import instance_inference, panoptic_inference, semantic_i
 from lightning_seg.structures import Batch
 from lightning_seg.tasks.base import SegTask
 
-
 _MODEL_ARGS = ("backbone", "backbone_source", "pretrained", "frozen_stages", "freeze_bn", "backbone_kwargs", "conv_dim",
                "mask_dim", "num_queries", "hidden_dim", "nheads", "dim_feedforward", "pre_norm")
 # the papers' settings where the arguments say None

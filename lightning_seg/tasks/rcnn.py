@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from torch import Tensor
 
 from lightning_seg.metrics.task_metrics import Kind
@@ -127,12 +126,6 @@ class RCNNModule(SegTask):
         if not self.is_panoptic:
             return ("instance",)
         return tuple(self.model.prediction_kinds)
-
-    @staticmethod
-    def image_sizes(batch: Batch) -> Tensor:
-        """int64 ``[B, 2]`` ``(H, W)`` of every image before padding."""
-        return torch.tensor([tuple(t["image_size"]) for t in batch["targets"]], dtype=torch.int64,
-                            device=batch["images"].device)
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         if self.is_panoptic:

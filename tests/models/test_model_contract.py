@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from lightning_seg.models import list_models, model_entry
+from lightning_seg.models.dense_instance import GridOutputs, YOLACTOutputs
 from lightning_seg.models.rcnn import PanopticOutputs
 from lightning_seg.structures import collate
-from lightning_seg.tasks import MaskClassificationModule, RCNNModule, SemanticSegmentationModule
+from lightning_seg.tasks import DenseInstanceModule, MaskClassificationModule, RCNNModule, SemanticSegmentationModule
 
 K = 4
 THINGS = [0, 1]
@@ -30,6 +31,11 @@ _RCNN = dict(backbone="resnet10t", backbone_source="timm", fpn_channels=16,
              rpn=dict(pre_nms_topk_train=200, post_nms_topk_train=40, pre_nms_topk_test=100, post_nms_topk_test=40),
              roi_heads=dict(batch_size_per_image=32, box_head_dim=32, mask_head_dims=[8, 8], score_threshold=0.0,
                             detections_per_image=10))
+_DENSE = dict(backbone="resnet10t", backbone_source="timm", fpn_channels=16)
+# permissive thresholds so that random weights still give candidates through every inference step
+_SOLO = dict(head_channels=16, head_convs=2, mask_feature_channels=8, kernel_channels=8, score_threshold=0.0,
+             mask_threshold=0.0, update_threshold=0.0, pre_nms_topk=50, max_detections=10)
+_YOLACT = dict(head_channels=16, num_prototypes=8, proto_channels=16, score_threshold=0.0, max_detections=10)
 
 # case id -> (task class, task arguments); the registered model name is the ``model`` argument.
 CASES: dict[str, tuple[type, dict[str, Any]]] = {
@@ -63,6 +69,10 @@ CASES: dict[str, tuple[type, dict[str, Any]]] = {
     "upsnet_plain_uncertainty": (RCNNModule, dict(model="upsnet", panoptic=dict(
         semantic_channels=8, semantic_deformable=False, loss_weighting="uncertainty", instance_score_threshold=0.0),
         **_RCNN)),
+    "solo": (DenseInstanceModule, dict(model="solo", solo=_SOLO, **_DENSE)),
+    "solo_decoupled": (DenseInstanceModule, dict(model="solo", solo=dict(_SOLO, decoupled=True), **_DENSE)),
+    "solov2": (DenseInstanceModule, dict(model="solov2", solo=_SOLO, **_DENSE)),
+    "yolact": (DenseInstanceModule, dict(model="yolact", yolact=_YOLACT, **_DENSE)),
 }
 # BatchNorm over the 1x1 image-pooling map of ASPP cannot train on one image (torch refuses it).
 NO_TRAIN_BATCH_OF_ONE = {"deeplabv3", "deeplabv3plus"}
@@ -129,6 +139,27 @@ def check_outputs(family: str, out: Any, b: int, h: int, w: int, queries: int) -
         assert out.counts.shape == (b,) and int(out.counts.sum()) == d and d > 0
         assert out.image_index.tolist() == sorted(out.image_index.tolist())
         assert out.mask_probs.shape == (d, 28, 28) and ((out.mask_probs >= 0) & (out.mask_probs <= 1)).all()
+    elif family == "dense_instance" and isinstance(out, GridOutputs):
+        assert out.padded_size == (h, w) and len(out.category_logits) == 5
+        for level, cat in enumerate(out.category_logits):
+            s = cat.shape[-1]
+            assert tuple(cat.shape) == (b, K, s, s) and torch.isfinite(cat).all()
+            m = out.mask_logits[level]
+            channels = {"solo": s * s, "decoupled": 2 * s}.get(out.kind)
+            if channels is None:  # SOLOv2: kernels on the grid, mask features at 1/4
+                assert m.shape[:2] == (b, out.mask_features.shape[1]) and m.shape[-2:] == (s, s)
+                assert tuple(out.mask_features.shape[-2:]) == (math.ceil(h / 4), math.ceil(w / 4))
+            else:
+                assert m.shape[:2] == (b, channels)
+            assert torch.isfinite(m).all()
+    elif family == "dense_instance":
+        a = out.anchors.shape[0]
+        k = out.coefficients.shape[-1]
+        assert out.class_logits.shape == (b, a, K + 1) and out.box_deltas.shape == (b, a, 4)
+        assert out.coefficients.shape == (b, a, k) and (out.coefficients.abs() <= 1).all()
+        assert tuple(out.prototypes.shape) == (b, k, 2 * math.ceil(h / 8), 2 * math.ceil(w / 8))
+        assert (out.prototypes >= 0).all() and out.semantic_logits.shape[:2] == (b, K)
+        assert all(torch.isfinite(t).all() for t in (out.class_logits, out.box_deltas, out.anchors))
     elif family == "per_pixel":
         maps = out.values() if isinstance(out, dict) else [out]
         for logits in maps:

@@ -143,3 +143,17 @@ def test_ohem_negatives_equal_reference():
     want = yolact_ohem(logits, state, 3)
     assert torch.equal(got, want)
     assert got[0].sum() == 30 and got[1].sum() == 130 and got[2].sum() == 0
+
+
+def test_ohem_min_negatives_mines_images_without_positives():
+    from lightning_seg.ops.yolact_matching import ohem_negatives
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 50, 4, generator=g)
+    state = torch.zeros(2, 50, dtype=torch.int64)
+    state[0, :10] = 1  # 30 negatives from the ratio; image 1 has no positive
+    got = ohem_negatives(logits, state, 3, min_negatives=8)
+    assert got[0].sum() == 30 and got[1].sum() == 8
+    # the 8 of image 1 are its 8 highest background losses
+    loss = torch.logsumexp(logits[1], -1) - logits[1, :, 0]
+    assert set(torch.nonzero(got[1]).squeeze(1).tolist()) == set(loss.topk(8).indices.tolist())

@@ -25,14 +25,22 @@ SHRINK_MASK_CLASSIFICATION = [
     "--model.hidden_dim=32", "--model.conv_dim=32", "--model.mask_dim=32", "--model.enc_layers=1",
     "--model.num_queries=8", "--model.nheads=2", "--model.dim_feedforward=64", "--model.num_points=256",
 ]
-SHRINK_RCNN = [
-    "--model.roi_heads.batch_size_per_image=64", "--model.roi_heads.box_head_dim=64",
-    "--model.roi_heads.mask_head_dims=[32, 32]", "--model.rpn.pre_nms_topk_train=200",
-    "--model.rpn.post_nms_topk_train=100",
-    # the configs' own resizes (short side 640-800) replaced by a 64-pixel one
+# the configs' own resizes replaced by a 64-pixel one
+SHRINK_RESIZE = [
     '--data.train_augmentation=[{"type": "ResizeShortestEdge", "short_edge_lengths": [64], "max_size": 96}]',
     '--data.eval_augmentation=[{"type": "ResizeShortestEdge", "short_edge_lengths": [64], "max_size": 96}]',
 ]
+SHRINK_RCNN = [
+    "--model.roi_heads.batch_size_per_image=64", "--model.roi_heads.box_head_dim=64",
+    "--model.roi_heads.mask_head_dims=[32, 32]", "--model.rpn.pre_nms_topk_train=200",
+    "--model.rpn.post_nms_topk_train=100", *SHRINK_RESIZE,
+]
+SHRINK_DENSE = {
+    "solo": ["--model.solo.head_channels=32", "--model.solo.head_convs=2", "--model.solo.kernel_channels=32",
+             "--model.solo.mask_feature_channels=16", *SHRINK_RESIZE],
+    "yolact": ["--model.yolact.head_channels=32", "--model.yolact.proto_channels=32", "--model.yolact.num_prototypes=8",
+               *SHRINK_RESIZE],
+}
 SHRINK_TRAINER = [
     # the first step at the full learning rate, so that every update exceeds float32 spacing
     "--model.warmup_steps=0",
@@ -94,6 +102,8 @@ def test_experiment_config_trains_one_step(config, dataset_roots, tmp_path, monk
         args += SHRINK_MASK_CLASSIFICATION
     if model_class == "RCNNModule" and data_class != "SyntheticShapesDataModule":
         args += SHRINK_RCNN
+    if model_class == "DenseInstanceModule" and data_class != "SyntheticShapesDataModule":
+        args += SHRINK_DENSE["yolact" if cfg["model"]["init_args"]["model"] == "yolact" else "solo"]
     cli = SegCLI(args=args, run=False)
     assert type(cli.datamodule).__name__ == data_class and type(cli.model).__name__ == model_class
     before = {n: p.detach().clone() for n, p in cli.model.named_parameters() if p.requires_grad}
