@@ -98,7 +98,6 @@ class SOLOCriterion(nn.Module):
         one_hot = F.one_hot(cat_labels, k + 1)[..., :k].to(cat_logits.dtype)
         loss_cat = sigmoid_focal_loss(cat_logits.float(), one_hot.float(), self.focal_alpha, self.focal_gamma,
                                       reduction="sum") / (num_pos + 1).float()
-        small: dict[tuple[int, int], Tensor] = {}
         dice_sum = outputs.zero_mask_term()
         for level, t in enumerate(levels):
             if outputs.kind == "solov2":
@@ -108,10 +107,10 @@ class SOLOCriterion(nn.Module):
                 col = t.instance.flatten(1)[img, cell]
             if img.numel() == 0:
                 continue
-            size = outputs.mask_size(level)
-            if size not in small:
-                small[size] = downsample_masks(masks, size)
+            # only the ground truth this level trains, each mask resized once
+            rows, inverse = torch.unique(mask_index[img, col], return_inverse=True)
+            targets = downsample_masks(masks[rows], outputs.mask_size(level))[inverse]
             probs = outputs.mask_probs(level, img, cell)
-            dice_sum = dice_sum + dice_loss_per_mask(probs, small[size][mask_index[img, col]], self.dice_eps).sum()
+            dice_sum = dice_sum + dice_loss_per_mask(probs, targets, self.dice_eps).sum()
         loss_mask = dice_sum / num_pos.clamp(min=1).float()
         return {"loss_category": loss_cat * self.category_loss_weight, "loss_mask": loss_mask * self.mask_loss_weight}

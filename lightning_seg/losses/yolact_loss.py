@@ -9,8 +9,8 @@ of positive priors of the batch:
 * box: smooth-L1 (beta 1) of the coded boxes of the positives, summed, x 1.5 / P;
 * mask: for at most 100 random positives per image, the BCE of ``prototypes . coefficients``
   against the ground-truth mask at prototype resolution, summed inside the ground-truth box
-  (YOLACT's crop, 1 pixel of padding) and divided by the box area in prototype pixels, summed,
-  x 6.125 / P;
+  (YOLACT's crop, 1 pixel of padding) and divided by the box area in prototype pixels, scaled
+  by the image's positives / trained positives when it had more than 100, summed, x 6.125 / P;
 * semantic: per-class sigmoid BCE of the P3 logits against the union of each class's masks at
   P3 resolution, summed, / (h3 w3) / B.
 """
@@ -119,16 +119,22 @@ class YOLACTCriterion(nn.Module):
         h, w = proto.shape[-2:]
         keep = random_subset_per_image(pb, b, self.masks_per_image)
         mb, mg, ma = pb[keep], g[keep], pa[keep]
+        # an image with more positives than it trains scales its terms by positives / trained (YOLACT)
+        counts = torch.bincount(pb, minlength=b).float()
+        scale = counts / counts.clamp(max=self.masks_per_image).clamp(min=1)
         loss_mask = proto.sum() * 0.0 + outputs.coefficients.sum() * 0.0
         if mb.numel():
             mask_logits = linear_combination_masks(proto, outputs.coefficients[mb, ma].float(), mb)
-            small = downsample_masks(masks, (h, w), strict=True)
+            rows, inverse = torch.unique(mask_index[mb, mg], return_inverse=True)
+            targets = downsample_masks(masks[rows], (h, w), strict=True)[inverse]
             sy, sx = h / outputs.padded_size[0], w / outputs.padded_size[1]
             box = boxes[mb, mg].float() * boxes.new_tensor([sx, sy, sx, sy])
             inside = yolact_box_crop(box, (h, w))
-            bce = F.binary_cross_entropy_with_logits(mask_logits, small[mask_index[mb, mg]], reduction="none")
+            bce = F.binary_cross_entropy_with_logits(mask_logits, targets, reduction="none")
+            # degenerate boxes (under a prototype pixel) count as one pixel
             area = ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])).clamp(min=1.0)
-            loss_mask = loss_mask + ((bce * inside).flatten(1).sum(1) / area).sum() / num_pos
+            per_mask = (bce * inside).flatten(1).sum(1) / area * scale[mb]
+            loss_mask = loss_mask + per_mask.sum() / num_pos
 
         # semantic auxiliary loss: union of each class's masks at P3 resolution
         sem = outputs.semantic_logits.float()
@@ -136,7 +142,7 @@ class YOLACTCriterion(nn.Module):
         seg = torch.zeros(b * k, hs * ws, device=sem.device)
         vb, vg = torch.nonzero(valid & (mask_index >= 0), as_tuple=True)
         if vb.numel():
-            at_p3 = downsample_masks(masks[mask_index[vb, vg]], (hs, ws), strict=True).flatten(1)
+            at_p3 = downsample_masks(masks, (hs, ws), strict=True).flatten(1)[mask_index[vb, vg]]
             # 0/1 masks: the union is the clamped sum
             seg.index_add_(0, vb * k + labels[vb, vg], at_p3).clamp_(max=1.0)
         loss_sem = F.binary_cross_entropy_with_logits(sem.flatten(0, 1).flatten(1), seg, reduction="sum") / (hs * ws) / b

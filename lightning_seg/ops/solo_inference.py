@@ -91,5 +91,5 @@ def maskness(mask_probs: torch.Tensor, strides: torch.Tensor, threshold: float =
     """
     binary = mask_probs > threshold
     area = binary.flatten(1).sum(1).float()
-    inside = (mask_probs * binary).flatten(1).sum(1)
+    inside = (mask_probs.float() * binary).flatten(1).sum(1)  # float32: up to h * w terms
     return area > strides, torch.where(area > 0, inside / area.clamp(min=1), torch.zeros_like(inside))

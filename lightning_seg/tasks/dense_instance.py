@@ -93,13 +93,15 @@ class DenseInstanceModule(SegTask):
         s = self.model.settings
         if self.is_yolact:
             self.criterion = YOLACTCriterion(
-                self.num_classes, s.positive_iou, s.negative_iou, s.crowd_iou, s.negpos_ratio, s.min_negatives,
-                s.class_loss_weight, s.box_loss_weight, s.mask_loss_weight, s.semantic_loss_weight,
-                s.masks_per_image)
+                self.num_classes, positive_iou=s.positive_iou, negative_iou=s.negative_iou, crowd_iou=s.crowd_iou,
+                negpos_ratio=s.negpos_ratio, min_negatives=s.min_negatives, class_loss_weight=s.class_loss_weight,
+                box_loss_weight=s.box_loss_weight, mask_loss_weight=s.mask_loss_weight,
+                semantic_loss_weight=s.semantic_loss_weight, masks_per_image=s.masks_per_image)
         else:
             self.criterion = SOLOCriterion(
-                self.num_classes, s.grid_numbers, s.scale_ranges, s.pos_scale, s.focal_alpha, s.focal_gamma,
-                s.category_loss_weight, s.mask_loss_weight, s.dice_eps)
+                self.num_classes, s.grid_numbers, s.scale_ranges, pos_scale=s.pos_scale, focal_alpha=s.focal_alpha,
+                focal_gamma=s.focal_gamma, category_loss_weight=s.category_loss_weight,
+                mask_loss_weight=s.mask_loss_weight, dice_eps=s.dice_eps)
 
     def available_kinds(self) -> tuple[Kind, ...]:
         return ("instance",)

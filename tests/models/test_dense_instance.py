@@ -128,6 +128,19 @@ def _focal_reference(logit, target, alpha=0.25, gamma=2.0):
     return -(a * (1 - pt) ** gamma * torch.log(pt.clamp(min=1e-12))).sum()
 
 
+def _raw_mask_probs(outputs, level, image, cell):
+    """The mask of one cell from the raw outputs, as each paper defines it."""
+    raw = outputs.mask_logits[level][image]
+    s = outputs.category_logits[level].shape[-1]
+    r, c = divmod(cell, s)
+    if outputs.kind == "solo":
+        return raw[cell].sigmoid()
+    if outputs.kind == "decoupled":  # x-mask of the column times y-mask of the row
+        return raw[c].sigmoid() * raw[s + r].sigmoid()
+    kernel = raw[:, r, c].view(1, -1, 1, 1)  # SOLOv2: the cell's 1x1 kernel on the mask features
+    return F.conv2d(outputs.mask_features[image : image + 1], kernel)[0, 0].sigmoid()
+
+
 def _solo_loss_reference(outputs, crit, boxes, labels, valid, masks, mask_index):
     """mmdetection's SOLO(v2) loss_by_feat, one image and one level at a time."""
     focal, dice, num_pos = 0.0, 0.0, 0
@@ -151,7 +164,7 @@ def _solo_loss_reference(outputs, crit, boxes, labels, valid, masks, mask_index)
             else:
                 pairs = [(int(t.instance[0].flatten()[cell]), cell) for cell in range(s * s) if t.instance[0].flatten()[cell] >= 0]
             for col, cell in pairs:
-                p = outputs.mask_probs(level, torch.tensor([i]), torch.tensor([cell]))[0]
+                p = _raw_mask_probs(outputs, level, i, cell)
                 gt = masks[mask_index[i, cols[col]]].float()
                 q = (F.interpolate(gt[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0] >= 0.5).float()
                 a = (p * q).sum()
@@ -186,7 +199,9 @@ def test_solo_losses_without_and_with_an_instance(cls, extra):
     images = torch.rand(1, 3, 64, 64)
     empty = crit(model(images), *ground_truth(1, 1, empty=(0,)))
     assert empty["loss_category"] > 0 and empty["loss_mask"] == 0
-    sum(empty.values()).backward()  # the zero mask term still reaches the mask branch
+    sum(empty.values()).backward()
+    # the zero mask term still reaches the mask branch (DDP needs every parameter in the graph)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     one = crit(model(images), *ground_truth(1, 1))
     assert one["loss_category"] > 0 and one["loss_mask"] > 0
 
@@ -269,19 +284,49 @@ def test_yolact_losses_without_and_with_an_instance():
     empty = crit(model(images), *ground_truth(1, 1, empty=(0,)))
     assert empty["loss_cls"] > 0 and empty["loss_mask"] == 0 and empty["loss_box"] == 0
     sum(empty.values()).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     one = crit(model(images), *ground_truth(1, 1))
     assert all(v > 0 for v in one.values())
 
 
-def test_yolact_anchors_one_size_per_level_centred_on_cells():
-    model = YOLACT(K, yolact=SMALL_YOLACT, **TINY)
-    out = model(torch.rand(1, 3, 64, 64))
+@pytest.mark.parametrize("square", [True, False])
+def test_yolact_anchors_centred_on_cells_that_tile_the_input(square):
+    model = YOLACT(K, yolact=dict(SMALL_YOLACT, square_anchors=square), **TINY)
+    out = model(torch.rand(1, 3, 60, 60))  # P3..P7 of 8, 4, 2, 1, 1 cells
     a = out.anchors
     w, h = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
-    sizes = sorted({round(math.sqrt(v)) for v in (w * h).tolist()})
-    assert sizes == [12, 24, 48, 96, 160]
-    first = a[:3]  # P3, cell (0, 0): centred at (0.5 * 8, 0.5 * 8), ratios 1, 1/2, 2
-    torch.testing.assert_close((first[:, :2] + first[:, 2:]) / 2, torch.full((3, 2), 4.0))
+    root2 = math.sqrt(2)
+    if square:  # YOLACT's square priors: sides size * sqrt(ar) for ar in 1, 1/2, 2
+        assert torch.allclose(w, h)
+        sides = sorted({round(float(v), 3) for v in w[:3]})
+        assert sides == sorted(round(v, 3) for v in (12.0, 12 / root2, 12 * root2))
+    else:
+        assert sorted({round(math.sqrt(v)) for v in (w * h).tolist()}) == [12, 24, 48, 96, 160]
+    # centres at (i + 0.5) * 60 / cells: P3 has 8 cells of 7.5 pixels, P7 one cell centred at 30
+    centres = (a[:, :2] + a[:, 2:]) / 2
+    torch.testing.assert_close(centres[:3], torch.full((3, 2), 3.75))
+    torch.testing.assert_close(centres[-1], torch.tensor([30.0, 30.0]))
+
+
+def test_yolact_mask_loss_rescales_images_with_more_positives_than_trained():
+    """With one ground truth and the same coefficients on every prior, every positive has the same
+    mask loss, so training 1 of them with YOLACT's positives / trained factor equals training all."""
+    torch.manual_seed(0)
+    model = YOLACT(K, yolact=SMALL_YOLACT, **TINY).eval()
+    with torch.no_grad():
+        outputs = model(torch.rand(2, 3, 64, 64))
+    outputs.coefficients = torch.full_like(outputs.coefficients, 0.3)
+    boxes = torch.tensor([[[14.0, 14.0, 38.0, 38.0]], [[26.0, 26.0, 50.0, 50.0]]])
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, 14:38, 14:38] = True
+    masks[1, 26:50, 26:50] = True
+    gt = (boxes, torch.tensor([[1], [2]]), torch.ones(2, 1, dtype=torch.bool), masks, torch.tensor([[0], [1]]))
+    state = yolact_match(boxes, gt[2], outputs.anchors).state
+    assert ((state == 1).sum(1) > 1).all()
+    full = YOLACTCriterion(K, masks_per_image=1000)(outputs, *gt)["loss_mask"]
+    capped = YOLACTCriterion(K, masks_per_image=1)(outputs, *gt)["loss_mask"]
+    assert full > 0
+    torch.testing.assert_close(capped, full, rtol=1e-5, atol=1e-6)
 
 
 # --- inference -------------------------------------------------------------------------------
@@ -290,10 +335,13 @@ def test_yolact_anchors_one_size_per_level_centred_on_cells():
 def test_batched_inference_equals_one_image_at_a_time(cls, settings):
     torch.manual_seed(0)
     key = "yolact" if cls is YOLACT else "solo"
-    loose = dict(score_threshold=0.0, mask_threshold=0.0 if key == "solo" else 0.5, max_detections=8)
+    loose = dict(score_threshold=0.0, max_detections=8)
     if key == "solo":
         loose.update(update_threshold=0.0, pre_nms_topk=40)
     model = cls(K, **{key: dict(settings, **loose)}, **TINY).eval()
+    with torch.no_grad():
+        for conv in getattr(model, "mask", []):
+            conv.bias.zero_()  # SOLO's masks start empty at the 0.01 prior: centre them
     images = torch.rand(2, 3, 64, 64)
     sizes = torch.tensor([[64, 64], [50, 60]])
     outs = [(64, 64), (75, 90)]
@@ -301,7 +349,7 @@ def test_batched_inference_equals_one_image_at_a_time(cls, settings):
         batched = model.postprocess(model(images), sizes, outs)
         single = [model.postprocess(model(images[i : i + 1]), sizes[i : i + 1], outs[i : i + 1])[0] for i in range(2)]
     for got, want in zip(batched, single):
-        assert got["masks"].shape[0] > 0
+        assert got["masks"].shape[0] > 0 and 0 < got["masks"].float().mean() < 1
         assert torch.equal(got["labels"], want["labels"])
         torch.testing.assert_close(got["scores"], want["scores"], rtol=1e-4, atol=1e-6)
         assert (got["masks"] != want["masks"]).float().mean() < 1e-3

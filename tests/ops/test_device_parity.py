@@ -5,7 +5,8 @@ On an accelerator the ops pick whole-batch chunks and large bands (``band_budget
 and bands smaller than these tiny inputs (so its loops really run); the ``cpu`` case passes
 the accelerator settings explicitly, so every ``cpu`` case compares two settings of an op and
 the one-pass path an accelerator takes is checked here too. The ``cuda`` cases run wherever a
-GPU is present; the set criterion, which has no device-dependent setting, runs on GPUs only.
+GPU is present; the set criterion and the R-CNN and single-stage instance ops and models, which
+have no device-dependent setting, run on GPUs only.
 """
 
 from __future__ import annotations
@@ -279,3 +280,58 @@ def test_panoptic_rcnn_ops_and_models_on_cuda():
             b = model.postprocess(model(images.cuda(), sizes.cuda()), sizes.cuda(), [(64, 64), (60, 56)])
         for x, y in zip(a["panoptic"], b["panoptic"]):
             assert (x["panoptic_seg"] == y["panoptic_seg"].cpu()).float().mean() > 0.99
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: the single-stage instance ops have no "
+                    "device-dependent settings, so a CPU run would compare one path with itself")
+def test_dense_instance_ops_and_models_on_cuda():
+    from lightning_seg.models.dense_instance import SOLO, YOLACT, SOLOv2
+    from lightning_seg.ops import fast_nms, linear_combination_masks, solo_targets, yolact_match
+
+    g = torch.Generator().manual_seed(0)
+    features, kernels = torch.randn(3, 6, 9, 11, generator=g), torch.randn(7, 6, generator=g)
+    image = torch.tensor([2, 0, 2, 1, 0, 2, 1])
+    ref = linear_combination_masks(features, kernels, image)
+    torch.testing.assert_close(linear_combination_masks(features.cuda(), kernels.cuda(), image.cuda()).cpu(), ref,
+                               rtol=1e-4, atol=1e-4)
+    xy = torch.rand(2, 6, 2, generator=g) * 40
+    boxes = torch.cat([xy, xy + torch.rand(2, 6, 2, generator=g) * 20 + 4], -1)
+    scores = torch.rand(2, 6, K, generator=g)
+    a, b = fast_nms(boxes, scores), fast_nms(boxes.cuda(), scores.cuda())
+    assert torch.equal(a.indices, b.indices.cpu()) and torch.equal(a.labels, b.labels.cpu())
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    priors = torch.cat([torch.rand(50, 2, generator=g) * 50, torch.rand(50, 2, generator=g) * 50 + 60], 1).sort(1).values
+    m, n = yolact_match(boxes, valid, priors), yolact_match(boxes.cuda(), valid.cuda(), priors.cuda())
+    assert torch.equal(m.state, n.state.cpu()) and torch.equal(m.gt_index, n.gt_index.cpu())
+    masks = torch.zeros(12, 64, 64, dtype=torch.bool)
+    for i, bx in enumerate(boxes.flatten(0, 1).clamp(0, 63).long()):
+        masks[i, bx[1] : bx[3] + 1, bx[0] : bx[2] + 1] = True
+    index = torch.arange(12).view(2, 6)
+    labels = torch.randint(0, K, (2, 6), generator=g)
+    t_cpu = solo_targets(boxes, labels, valid, masks, index, (64, 64), K, (12, 10, 8, 6, 4),
+                         ((1, 24), (16, 40), (32, 64), (48, 128), (96, 2048)))
+    t_gpu = solo_targets(boxes.cuda(), labels.cuda(), valid.cuda(), masks.cuda(), index.cuda(), (64, 64), K,
+                         (12, 10, 8, 6, 4), ((1, 24), (16, 40), (32, 64), (48, 128), (96, 2048)))
+    for x, y in zip(t_cpu, t_gpu):
+        assert all(torch.equal(u, v.cpu()) for u, v in zip(x, y))
+
+    images = torch.rand(2, 3, 64, 64, generator=g)
+    sizes = torch.tensor([[64, 64], [60, 56]])
+    small = dict(grid_numbers=(12, 10, 8, 6, 4), scale_ranges=((1, 24), (16, 40), (32, 64), (48, 128), (96, 2048)),
+                 head_channels=16, head_convs=2, mask_feature_channels=8, kernel_channels=8, score_threshold=0.0,
+                 update_threshold=0.0, pre_nms_topk=40, max_detections=8)
+    for cls, kwargs in ((SOLOv2, dict(solo=small)), (SOLO, dict(solo=small)),
+                        (YOLACT, dict(yolact=dict(head_channels=16, num_prototypes=8, proto_channels=16,
+                                                  score_threshold=0.0, max_detections=8)))):
+        torch.manual_seed(0)
+        model = cls(K, backbone="resnet18", fpn_channels=16, **kwargs).eval()
+        with torch.no_grad():
+            for conv in getattr(model, "mask", []):
+                conv.bias.zero_()
+            a = model.postprocess(model(images), sizes, [(64, 64), (60, 56)])
+            model.cuda()
+            b = model.postprocess(model(images.cuda()), sizes.cuda(), [(64, 64), (60, 56)])
+        for x, y in zip(a, b):
+            assert torch.equal(x["labels"], y["labels"].cpu())
+            torch.testing.assert_close(x["scores"], y["scores"].cpu(), rtol=1e-3, atol=1e-4)
+            assert (x["masks"] == y["masks"].cpu()).float().mean() > 0.99

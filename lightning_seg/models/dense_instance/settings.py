@@ -73,7 +73,10 @@ class YOLACTSettings:
 
     Attributes:
         anchor_sizes: one anchor size per level P3-P7 (24 .. 384 at a 550 input).
-        aspect_ratios: anchor width / height ratios (1, 1/2, 2).
+        aspect_ratios: anchor height / width ratios (1, 1/2, 2: YOLACT's set).
+        square_anchors: square anchors of side ``size / sqrt(ratio)`` (YOLACT's
+            ``use_square_anchors``, with which its published models were trained); False gives
+            anchors of area ``size**2`` with the ratios.
         head_channels: width of the shared prediction head's 3x3 conv (256).
         num_prototypes: ``k`` prototypes and coefficients (32).
         proto_channels: width of the protonet convs (256).
@@ -94,6 +97,7 @@ class YOLACTSettings:
 
     anchor_sizes: tuple[tuple[float, ...], ...] = ((24,), (48,), (96,), (192,), (384,))
     aspect_ratios: tuple[float, ...] = (1.0, 0.5, 2.0)
+    square_anchors: bool = True
     head_channels: int = 256
     num_prototypes: int = 32
     proto_channels: int = 256

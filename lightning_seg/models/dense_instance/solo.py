@@ -48,7 +48,8 @@ def coordinate_channels(x: Tensor) -> Tensor:
 
 
 def solo_levels(pyramid: list[Tensor]) -> list[Tensor]:
-    """P2-P6 -> SOLO's levels: P2 bilinearly resized to P3's size, P6 to P5's, the rest as is."""
+    """P2-P6 float ``[B, C, h_l, w_l]`` (strides 4-64) -> SOLO's five levels at strides 8, 8, 16,
+    32, 32: P2 bilinearly resized to P3's size, P6 to P5's, the rest as is."""
     out = list(pyramid)
     out[0] = F.interpolate(pyramid[0], size=pyramid[1].shape[-2:], mode="bilinear", align_corners=False)
     out[-1] = F.interpolate(pyramid[-1], size=pyramid[-2].shape[-2:], mode="bilinear", align_corners=False)
@@ -80,8 +81,11 @@ class GridOutputs:
             ``[B, 2 S_l, h_l, w_l]`` (the ``S_l`` x-masks of the columns, then the y-masks of
             the rows); SOLOv2: per level the dynamic kernels ``[B, E, S_l, S_l]``.
         mask_features: SOLOv2's mask features float ``[B, E, h/4, w/4]``; None for SOLO.
+            (Decoupled SOLO's x- and y-probabilities are multiplied at the level's resolution
+            in training and inference; mmdetection's inference upsamples each before the product.)
         kind: ``"solo"``, ``"decoupled"`` or ``"solov2"``.
-        padded_size: ``(Hp, Wp)`` of the input.
+        padded_size: ``(Hp, Wp)`` of the input (the masks are aligned with it when it is a
+            multiple of 32, as the configs pad).
     """
 
     category_logits: list[Tensor]
@@ -180,7 +184,7 @@ class GridInstanceModel(nn.Module):
         return [self.category(self.category_convs(x)) for x in grid_inputs]
 
     def to_grids(self, levels: list[Tensor]) -> list[Tensor]:
-        """Each level bilinearly resized to its ``S x S`` grid."""
+        """Each level float ``[B, C, h_l, w_l]`` bilinearly resized to its grid: ``[B, C, S_l, S_l]``."""
         return [F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
                 for x, s in zip(levels, self.settings.grid_numbers)]
 
@@ -208,7 +212,8 @@ class GridInstanceModel(nn.Module):
         b = outputs.category_logits[0].shape[0]
         cand = solo_candidates(outputs.category_logits, outputs.strides, s.score_threshold)
         size = outputs.mask_size(0)
-        probs = outputs.category_logits[0].new_zeros(cand.cell.shape[0], *size)
+        # float32 whatever the autocast dtype: maskness sums up to h * w probabilities
+        probs = torch.zeros(cand.cell.shape[0], *size, device=cand.cell.device)
         offset = 0
         for level, logits in enumerate(outputs.category_logits):
             cells = logits.shape[-1] * logits.shape[-2]
@@ -218,7 +223,7 @@ class GridInstanceModel(nn.Module):
                 if tuple(p.shape[-2:]) != size:
                     # SOLO's coarser levels predict smaller masks: bring them to stride 4 first
                     p = F.interpolate(p[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-                probs[here] = p
+                probs[here] = p.float()
             offset += cells
         keep, mness = maskness(probs, cand.strides, s.mask_threshold)
         keep = torch.nonzero(keep).squeeze(1)

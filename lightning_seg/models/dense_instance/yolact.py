@@ -106,12 +106,14 @@ class YOLACTHead(nn.Module):
 
 class YOLACT(nn.Module):
     """YOLACT with a ResNet and an FPN P3-P7 (P6 and P7 by stride-2 convs on P5, ReLU after each
-    3x3 output conv, as YOLACT's FPN).
+    3x3 output conv, as YOLACT's FPN; its top-down pathway upsamples by nearest neighbour where
+    YOLACT's is bilinear).
 
     Args:
         num_classes: ``K`` thing classes.
         backbone, backbone_source, pretrained, frozen_stages, freeze_bn, backbone_kwargs: the
-            ResNet (YOLACT: ImageNet ResNet-50 / 101, BN frozen).
+            ResNet (YOLACT: ImageNet ResNet-50 / 101, BatchNorm trained at 8 images per GPU,
+            frozen below 6).
         fpn_channels: FPN width (256).
         yolact: :class:`~lightning_seg.models.dense_instance.settings.YOLACTSettings` (or a mapping).
     """
@@ -142,13 +144,19 @@ class YOLACT(nn.Module):
         if len(s.anchor_sizes) != len(self.fpn.strides):
             raise ValueError(f"yolact.anchor_sizes has {len(s.anchor_sizes)} levels, the FPN has "
                              f"{len(self.fpn.strides)} (P3-P7)")
-        # anchors centred on the cells, as YOLACT's priors at (i + 0.5) / conv size
-        self.anchor_grid = AnchorGrid(s.anchor_sizes, s.aspect_ratios, self.fpn.strides, offset=0.5)
+        # anchors centred on the cells, as YOLACT's priors at (i + 0.5) / conv size of the input
+        self.anchor_grid = AnchorGrid(s.anchor_sizes, s.aspect_ratios, self.fpn.strides, offset=0.5,
+                                      square=s.square_anchors, fractional_strides=True)
         self.head = YOLACTHead(fpn_channels, num_classes, self.anchor_grid.num_anchors, s.head_channels,
                                s.num_prototypes)
         self.protonet = PrototypeNet(fpn_channels, s.proto_channels, s.num_prototypes)
         self.semantic = nn.Conv2d(fpn_channels, num_classes, 1)
         self.box_coder = BoxCoder(BOX_WEIGHTS)
+        # YOLACT's init of everything past the backbone and FPN: Xavier-uniform weights, zero bias
+        for m in (*self.head.modules(), *self.protonet.modules(), self.semantic):
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward(self, images: Tensor) -> YOLACTOutputs:
         """Images float ``[B, 3, Hp, Wp]`` in ``[0, 1]`` -> :class:`YOLACTOutputs`."""
@@ -171,9 +179,15 @@ class YOLACT(nn.Module):
         """Detections of every image at ``output_sizes`` (YOLACT's inference, batched over images).
 
         Class probabilities (softmax, background dropped) and decoded boxes clipped to the image
-        go through :func:`~lightning_seg.ops.fast_nms`; each survivor's mask is
-        ``sigmoid(prototypes . coefficients)`` cropped by its box at prototype resolution,
-        resized to the output size and thresholded; boxes are scaled to the output size.
+        go through :func:`~lightning_seg.ops.fast_nms` with the decoded boxes; the survivors'
+        boxes are clipped to the image, each mask is ``sigmoid(prototypes . coefficients)``
+        cropped by its box at prototype resolution, resized to the output size and thresholded;
+        boxes are scaled to the output size.
+
+        Args:
+            outputs: from :meth:`forward`.
+            image_sizes: int64 ``[B, 2]`` ``(H, W)`` of each image inside the padded input.
+            output_sizes: ``(H0, W0)`` of each output.
 
         Returns:
             ``B`` :class:`~lightning_seg.structures.InstancePrediction` (bool masks ``[M, H0, W0]``,
@@ -181,11 +195,12 @@ class YOLACT(nn.Module):
         """
         s = self.settings
         scores = outputs.class_logits.float().softmax(-1)[..., :-1]
-        boxes = clip_boxes(self.decode_boxes(outputs), image_sizes[:, None, :])
+        boxes = self.decode_boxes(outputs)
+        # YOLACT suppresses the decoded boxes and clips the survivors
         nms = fast_nms(boxes, scores, None, s.nms_threshold, s.nms_top_k, s.max_detections, s.score_threshold)
         bi, slot = torch.nonzero(nms.valid, as_tuple=True)
         rows = nms.indices[bi, slot]
-        det_boxes = boxes[bi, rows]
+        det_boxes = clip_boxes(boxes[bi, rows], image_sizes[bi])
         coef = outputs.coefficients[bi, rows].float()
         logits = linear_combination_masks(outputs.prototypes.float(), coef, bi)
         sy, sx = outputs.prototype_scale()

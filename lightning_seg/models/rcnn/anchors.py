@@ -24,6 +24,10 @@ class AnchorGrid(nn.Module):
         offset: cell-centre offset in strides (detectron2 and torchvision: 0).
         round_cells: round the cell anchors to integers (torchvision) or keep them exact
             (detectron2).
+        square: square anchors whose side is the width a ratio gives, ``size / sqrt(ratio)``
+            (YOLACT's ``use_square_anchors``).
+        fractional_strides: shift by ``padded_size / feature_size`` per axis, unrounded, so the
+            cells tile the input exactly (YOLACT's priors at ``(i + 0.5) / conv_size``).
         stride_from_sizes: shift by ``padded_size // feature_size`` per axis (torchvision, e.g.
             61 for P6 of an 800-pixel input) rather than the nominal stride.
     """
@@ -36,6 +40,8 @@ class AnchorGrid(nn.Module):
         offset: float = 0.0,
         round_cells: bool = False,
         stride_from_sizes: bool = False,
+        square: bool = False,
+        fractional_strides: bool = False,
     ) -> None:
         super().__init__()
         if len(sizes) != len(strides):
@@ -43,13 +49,14 @@ class AnchorGrid(nn.Module):
         self.strides = [int(s) for s in strides]
         self.offset = offset
         self.stride_from_sizes = stride_from_sizes
+        self.fractional_strides = fractional_strides
         cells = []
         for level_sizes in sizes:
             rows = []
             for size in level_sizes:
                 for ratio in aspect_ratios:
                     w = math.sqrt(size * size / ratio)
-                    h = ratio * w
+                    h = w if square else ratio * w
                     rows.append([-w / 2, -h / 2, w / 2, h / 2])
             cell = torch.tensor(rows, dtype=torch.float32)
             cells.append(cell.round() if round_cells else cell)
@@ -65,7 +72,12 @@ class AnchorGrid(nn.Module):
         device = self.cell0.device
         out = []
         for (h, w), stride in zip(feature_sizes, self.strides):
-            sy, sx = (padded_size[0] // h, padded_size[1] // w) if self.stride_from_sizes else (stride, stride)
+            if self.fractional_strides:
+                sy, sx = padded_size[0] / h, padded_size[1] / w
+            elif self.stride_from_sizes:
+                sy, sx = padded_size[0] // h, padded_size[1] // w
+            else:
+                sy, sx = stride, stride
             ys = (torch.arange(h, device=device, dtype=torch.float32) + self.offset) * sy
             xs = (torch.arange(w, device=device, dtype=torch.float32) + self.offset) * sx
             out.append((ys, xs))
