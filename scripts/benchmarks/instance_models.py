@@ -47,7 +47,11 @@ R50 = dict(backbone="resnet50", backbone_source="torchvision", num_overlays=0)
 
 
 def build_tasks() -> dict:
-    from lightning_seg.tasks import DenseInstanceModule, MaskClassificationModule, RCNNModule
+    from lightning_seg.tasks import (
+        DenseInstanceModule,
+        MaskClassificationModule,
+        RCNNModule,
+    )
 
     return {
         "Mask R-CNN R50-FPN": lambda: RCNNModule(K, model="mask_rcnn", **R50),

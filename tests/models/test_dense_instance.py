@@ -9,7 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_seg.losses import SOLOCriterion, YOLACTCriterion, dice_loss_per_mask, random_subset_per_image
+from lightning_seg.losses import (
+    SOLOCriterion,
+    YOLACTCriterion,
+    dice_loss_per_mask,
+    random_subset_per_image,
+)
 from lightning_seg.models.dense_instance import SOLO, YOLACT, SOLOv2
 from lightning_seg.ops import (
     binary_masks_at_size,

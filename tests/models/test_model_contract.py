@@ -153,6 +153,7 @@ def check_outputs(family: str, out: Any, b: int, h: int, w: int, queries: int) -
                 assert m.shape[:2] == (b, channels)
             assert torch.isfinite(m).all()
     elif family == "dense_instance":
+        assert isinstance(out, YOLACTOutputs)
         a = out.anchors.shape[0]
         k = out.coefficients.shape[-1]
         assert out.class_logits.shape == (b, a, K + 1) and out.box_deltas.shape == (b, a, 4)

@@ -286,7 +286,12 @@ def test_panoptic_rcnn_ops_and_models_on_cuda():
                     "device-dependent settings, so a CPU run would compare one path with itself")
 def test_dense_instance_ops_and_models_on_cuda():
     from lightning_seg.models.dense_instance import SOLO, YOLACT, SOLOv2
-    from lightning_seg.ops import fast_nms, linear_combination_masks, solo_targets, yolact_match
+    from lightning_seg.ops import (
+        fast_nms,
+        linear_combination_masks,
+        solo_targets,
+        yolact_match,
+    )
 
     g = torch.Generator().manual_seed(0)
     features, kernels = torch.randn(3, 6, 9, 11, generator=g), torch.randn(7, 6, generator=g)
