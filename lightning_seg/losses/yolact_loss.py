@@ -26,6 +26,7 @@ from torchvision.models.detection._utils import BoxCoder
 
 from lightning_seg.losses.solo_loss import downsample_masks
 from lightning_seg.ops.dynamic_masks import linear_combination_masks, yolact_box_crop
+from lightning_seg.ops.image_groups import group_by_image
 from lightning_seg.ops.yolact_matching import ohem_negatives, yolact_match
 
 __all__ = ["YOLACTCriterion", "random_subset_per_image"]
@@ -47,16 +48,11 @@ def random_subset_per_image(image_index: Tensor, num_images: int, limit: int, ge
     """bool ``[N]``: at most ``limit`` rows per image, chosen uniformly at random (all rows of an
     image with fewer). ``image_index`` int64 ``[N]``."""
     n = image_index.shape[0]
-    if n == 0:
-        return torch.zeros(0, dtype=torch.bool, device=image_index.device)
-    key = torch.rand(n, generator=generator, device=image_index.device)
-    # rank of each row's random key inside its image: sort by (image, key)
-    order = torch.argsort(image_index.double() * 2 + key.double(), stable=True)
-    counts = torch.bincount(image_index, minlength=num_images)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(image_index)
-    rank[order] = torch.arange(n, device=image_index.device) - starts[image_index[order]]
-    return rank < limit
+    # rank of each row among its image's rows in a random order
+    perm = torch.randperm(n, generator=generator, device=image_index.device)
+    keep = torch.empty(n, dtype=torch.bool, device=image_index.device)
+    keep[perm] = group_by_image(image_index[perm], num_images).rank < limit
+    return keep
 
 
 class YOLACTCriterion(nn.Module):
