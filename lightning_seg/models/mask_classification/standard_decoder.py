@@ -32,14 +32,15 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
 
-    def forward(self, src: Tensor, pos: Tensor) -> Tensor:
-        """Float ``src`` ``[B, S, C]`` and ``pos`` ``[B or 1, S, C]`` → ``[B, S, C]``."""
+    def forward(self, src: Tensor, pos: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """Float ``src`` ``[B, S, C]`` and ``pos`` ``[B or 1, S, C]`` → ``[B, S, C]``; optional
+        ``key_mask`` bool ``[B, 1, 1, S]``, True on the positions that may be attended (not padding)."""
         if self.pre_norm:
             t = self.norm1(src)
-            src = src + self.dropout(self.self_attn(t + pos, t + pos, t))
+            src = src + self.dropout(self.self_attn(t + pos, t + pos, t, key_mask))
             return src + self.dropout(self.ffn(self.norm2(src)))
         q = src + pos
-        src = self.norm1(src + self.dropout(self.self_attn(q, q, src)))
+        src = self.norm1(src + self.dropout(self.self_attn(q, q, src, key_mask)))
         return self.norm2(src + self.dropout(self.ffn(src)))
 
 
@@ -67,22 +68,24 @@ class DecoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
 
-    def forward(self, tgt: Tensor, memory: Tensor, memory_pos: Tensor, query_pos: Tensor) -> Tensor:
+    def forward(self, tgt: Tensor, memory: Tensor, memory_pos: Tensor, query_pos: Tensor,
+                memory_mask: Tensor | None = None) -> Tensor:
         """Update queries ``tgt`` float ``[B, Q, C]`` from ``memory`` ``[B, S, C]``; returns ``[B, Q, C]``.
 
         ``memory_pos`` ``[B or 1, S, C]`` and ``query_pos`` ``[B or 1, Q, C]`` are added to keys
-        and queries.
+        and queries; ``memory_mask`` bool ``[B, 1, 1, S]`` (optional) is True on the memory
+        positions that may be attended (not padding).
         """
         key = memory + memory_pos
         if self.pre_norm:
             t = self.norm1(tgt)
             tgt = tgt + self.dropout(self.self_attn(t + query_pos, t + query_pos, t))
             t = self.norm2(tgt)
-            tgt = tgt + self.dropout(self.cross_attn(t + query_pos, key, memory))
+            tgt = tgt + self.dropout(self.cross_attn(t + query_pos, key, memory, memory_mask))
             return tgt + self.dropout(self.ffn(self.norm3(tgt)))
         q = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout(self.self_attn(q, q, tgt)))
-        tgt = self.norm2(tgt + self.dropout(self.cross_attn(tgt + query_pos, key, memory)))
+        tgt = self.norm2(tgt + self.dropout(self.cross_attn(tgt + query_pos, key, memory, memory_mask)))
         return self.norm3(tgt + self.dropout(self.ffn(tgt)))
 
 
