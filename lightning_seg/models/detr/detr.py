@@ -121,9 +121,10 @@ class DETR(nn.Module):
         with_masks: add the mask head (DETR's panoptic model).
 
     Outputs (:meth:`forward`): ``pred_logits`` float ``[B, Q, K+1]``, ``pred_boxes`` float
-    ``[B, Q, 4]`` (``cxcywh`` in ``[0, 1]`` of the padded input), ``pred_masks`` float ``[B, Q,
-    ceil(H/4), ceil(W/4)]`` (with masks), ``aux_outputs``: the logits and boxes of the other
-    decoder layers.
+    ``[B, Q, 4]`` (``cxcywh`` in ``[0, 1]`` of each image without its padding, the frame DETR's
+    targets are normalised in), ``pred_masks`` float ``[B, Q, ceil(H/4), ceil(W/4)]`` over the
+    padded input (with masks), ``aux_outputs``: the logits and boxes of the other decoder layers
+    (DETR supervises masks at the last layer only).
     """
 
     def __init__(
