@@ -77,6 +77,8 @@ class SetCriterion(nn.Module):
         match_losses: the terms whose costs enter the matching (default: all of ``losses``);
             DETR's panoptic model matches on ``["labels", "boxes"]`` and trains its masks on
             that matching.
+        aux_losses: the terms computed on ``aux_outputs`` (default: all of ``losses``; they must
+            hold ``match_losses``); DETR's aux layers have no masks: ``["labels", "boxes"]``.
 
     ``forward(outputs, targets)`` takes the model's ``pred_logits [B,Q,K+1]``, the outputs the
     terms need (``pred_masks [B,Q,h,w]``, ``pred_boxes [B,Q,4]``) and optional ``aux_outputs``
@@ -105,6 +107,7 @@ class SetCriterion(nn.Module):
         solver: str = "auto",
         shared_points: bool = True,
         match_losses: Sequence[Term] | None = None,
+        aux_losses: Sequence[Term] | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -125,9 +128,14 @@ class SetCriterion(nn.Module):
         if not match_losses or any(t not in losses for t in match_losses):
             raise ValueError(f"SetCriterion match_losses {match_losses} must be a non-empty subset of "
                              f"losses {list(losses)}")
+        aux_losses = list(losses) if aux_losses is None else list(aux_losses)
+        if any(t not in losses for t in aux_losses) or any(t not in aux_losses for t in match_losses):
+            raise ValueError(f"SetCriterion aux_losses {aux_losses} must be a subset of losses {list(losses)} "
+                             f"holding match_losses {match_losses}")
         self.num_classes = num_classes
         self.solver = solver
         self.match_losses = match_losses
+        self.aux_losses = aux_losses
         self.terms = nn.ModuleDict({name: builders[name]() for name in losses})
         all_weights = {"loss_ce": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight,
                        "loss_bbox": bbox_weight, "loss_giou": giou_weight}
@@ -162,14 +170,16 @@ class SetCriterion(nn.Module):
                              with_boxes="boxes" in self.terms)
         num_masks = average_num_masks(padded.valid.sum())
         contexts = {name: term.prepare(padded) for name, term in self.terms.items()}
-        losses = self._layer_losses(layer, padded, num_masks, contexts)
+        losses = self._layer_losses(layer, padded, num_masks, contexts, list(self.terms))
         for i, aux in enumerate(outputs.get("aux_outputs") or []):
-            layer_losses = self._layer_losses(self._layer(aux, f"aux_outputs[{i}]"), padded, num_masks, contexts)
+            layer_losses = self._layer_losses(self._layer(aux, f"aux_outputs[{i}]", self.aux_losses), padded,
+                                              num_masks, contexts, self.aux_losses)
             losses.update({f"{k}_{i}": v for k, v in layer_losses.items()})
         return losses
 
-    def _layer(self, out: Mapping[str, Any], where: str) -> dict[str, torch.Tensor]:
-        needed = sorted({k for term in self.terms.values() for k in term.required_outputs})
+    def _layer(self, out: Mapping[str, Any], where: str, terms: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        names = list(self.terms) if terms is None else terms
+        needed = sorted({k for name in names for k in self.terms[name].required_outputs})
         for key in needed:
             if key not in out:
                 raise KeyError(f"SetCriterion: {where} has no {key!r} (keys: {sorted(out)})")
@@ -201,10 +211,10 @@ class SetCriterion(nn.Module):
         return hungarian_match(cost, target_valid=padded.valid, solver=self.solver)
 
     def _layer_losses(self, layer: Mapping[str, torch.Tensor], padded: PaddedTargets, num_masks: torch.Tensor,
-                      contexts: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+                      contexts: Mapping[str, Any], terms: Sequence[str]) -> dict[str, torch.Tensor]:
         matching = self.match(layer, padded, contexts)
         pairs = Pairs(*matching.pairs())
         losses: dict[str, torch.Tensor] = {}
-        for name, term in self.terms.items():
-            losses.update(term.loss(layer, padded, matching, pairs, num_masks, contexts[name]))
+        for name in terms:
+            losses.update(self.terms[name].loss(layer, padded, matching, pairs, num_masks, contexts[name]))
         return losses

@@ -2,8 +2,9 @@
 
 from lightning_seg.tasks.base import SegTask
 from lightning_seg.tasks.dense_instance import DenseInstanceModule
+from lightning_seg.tasks.detr import DETRModule
 from lightning_seg.tasks.mask_classification import MaskClassificationModule
 from lightning_seg.tasks.rcnn import RCNNModule
 from lightning_seg.tasks.semantic import SemanticSegmentationModule
 
-__all__ = ["DenseInstanceModule", "MaskClassificationModule", "RCNNModule", "SegTask", "SemanticSegmentationModule"]
+__all__ = ["DETRModule", "DenseInstanceModule", "MaskClassificationModule", "RCNNModule", "SegTask", "SemanticSegmentationModule"]

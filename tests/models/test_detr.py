@@ -63,3 +63,46 @@ def test_boxes_only_model_and_bad_weights():
     wrong = DETR(3, backbone="resnet18", **TINY)  # another class count than the checkpoint
     with pytest.raises(ValueError, match="mis-shaped"):
         load_hf_detr_weights(wrong, hf_model().state_dict())
+
+
+def _targets(n_images: int, size: int = 64):
+    g = torch.Generator().manual_seed(3)
+    out = []
+    for _ in range(n_images):
+        masks = torch.zeros(2, size, size, dtype=torch.bool)
+        masks[0, 4:30, 6:40] = True
+        masks[1, 34:60, 20:50] = True
+        boxes = torch.tensor([[6.0, 4.0, 40.0, 30.0], [20.0, 34.0, 50.0, 60.0]])
+        out.append(dict(masks=masks, labels=torch.randint(0, 4, (2,), generator=g), boxes=boxes,
+                        image_size=(size, size)))
+    return out
+
+
+def test_set_criterion_supervises_aux_layers_with_their_terms_only():
+    from lightning_seg.losses import SetCriterion
+
+    model = DETR(4, backbone="resnet18", **TINY).train()
+    out = model(torch.rand(2, 3, 64, 64))
+    assert all("pred_masks" not in aux for aux in out["aux_outputs"])
+    crit = SetCriterion(4, class_weight=1.0, mask_weight=1.0, dice_weight=1.0, losses=("labels", "boxes", "dense_masks"),
+                        match_losses=("labels", "boxes"), aux_losses=("labels", "boxes"))
+    losses = crit(out, _targets(2))
+    assert set(losses) == {"loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice",
+                           "loss_ce_0", "loss_bbox_0", "loss_giou_0"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    with pytest.raises(ValueError, match="aux_losses"):
+        SetCriterion(4, losses=("labels", "boxes"), match_losses=("labels", "boxes"), aux_losses=("labels",))
+
+
+def test_detr_task_training_stages():
+    from lightning_seg.tasks import DETRModule
+
+    tiny = dict(backbone="resnet10t", hidden_dim=32, nheads=8, enc_layers=1, dec_layers=2, dim_feedforward=32,
+                num_queries=6, num_overlays=0)
+    boxes_first = DETRModule(4, train_masks=False, **tiny)
+    assert not any(p.requires_grad for p in boxes_first.model.mask_head.parameters())
+    masks_second = DETRModule(4, freeze_detector=True, **tiny)
+    trainable = {n.split(".")[0] for n, p in masks_second.model.named_parameters() if p.requires_grad}
+    assert trainable == {"attention_map", "mask_head"}
+    with pytest.raises(ValueError, match="freeze_detector"):
+        DETRModule(4, train_masks=False, freeze_detector=True, **tiny)

@@ -20,7 +20,13 @@ from lightning_seg.models import list_models, model_entry
 from lightning_seg.models.dense_instance import GridOutputs, YOLACTOutputs
 from lightning_seg.models.rcnn import PanopticOutputs
 from lightning_seg.structures import collate
-from lightning_seg.tasks import DenseInstanceModule, MaskClassificationModule, RCNNModule, SemanticSegmentationModule
+from lightning_seg.tasks import (
+    DenseInstanceModule,
+    DETRModule,
+    MaskClassificationModule,
+    RCNNModule,
+    SemanticSegmentationModule,
+)
 
 K = 4
 THINGS = [0, 1]
@@ -73,6 +79,8 @@ CASES: dict[str, tuple[type, dict[str, Any]]] = {
     "solo_decoupled": (DenseInstanceModule, dict(model="solo", solo=dict(_SOLO, decoupled=True), **_DENSE)),
     "solov2": (DenseInstanceModule, dict(model="solov2", solo=_SOLO, **_DENSE)),
     "yolact": (DenseInstanceModule, dict(model="yolact", yolact=_YOLACT, **_DENSE)),
+    "detr": (DETRModule, dict(model="detr", backbone="resnet10t", hidden_dim=32, nheads=8, enc_layers=1, dec_layers=2,
+                              dim_feedforward=32, num_queries=6, score_threshold=0.0, min_segment_area=0)),
 }
 # BatchNorm over the 1x1 image-pooling map of ASPP cannot train on one image (torch refuses it).
 NO_TRAIN_BATCH_OF_ONE = {"deeplabv3", "deeplabv3plus"}
@@ -161,6 +169,12 @@ def check_outputs(family: str, out: Any, b: int, h: int, w: int, queries: int) -
         assert tuple(out.prototypes.shape) == (b, k, 2 * math.ceil(h / 8), 2 * math.ceil(w / 8))
         assert (out.prototypes >= 0).all() and out.semantic_logits.shape[:2] == (b, K)
         assert all(torch.isfinite(t).all() for t in (out.class_logits, out.box_deltas, out.anchors))
+    elif family == "detr":
+        assert tuple(out["pred_logits"].shape) == (b, queries, K + 1) and tuple(out["pred_boxes"].shape) == (b, queries, 4)
+        assert ((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)).all()
+        assert tuple(out["pred_masks"].shape) == (b, queries, math.ceil(h / 4), math.ceil(w / 4))
+        assert torch.isfinite(out["pred_logits"]).all() and torch.isfinite(out["pred_masks"]).all()
+        assert len(out["aux_outputs"]) >= 1 and all(o["pred_boxes"].shape == (b, queries, 4) for o in out["aux_outputs"])
     elif family == "per_pixel":
         maps = out.values() if isinstance(out, dict) else [out]
         for logits in maps:

@@ -41,6 +41,8 @@ SHRINK_DENSE = {
     "yolact": ["--model.yolact.head_channels=32", "--model.yolact.proto_channels=32", "--model.yolact.num_prototypes=8",
                *SHRINK_RESIZE],
 }
+SHRINK_DETR = ["--model.hidden_dim=32", "--model.dim_feedforward=64", "--model.enc_layers=1", "--model.dec_layers=1",
+               "--model.num_queries=8", *SHRINK_RESIZE]
 SHRINK_TRAINER = [
     # the first step at the full learning rate, so that every update exceeds float32 spacing
     "--model.warmup_steps=0",
@@ -102,6 +104,8 @@ def test_experiment_config_trains_one_step(config, dataset_roots, tmp_path, monk
         args += SHRINK_MASK_CLASSIFICATION
     if model_class == "RCNNModule" and data_class != "SyntheticShapesDataModule":
         args += SHRINK_RCNN
+    if model_class == "DETRModule" and data_class != "SyntheticShapesDataModule":
+        args += SHRINK_DETR
     if model_class == "DenseInstanceModule" and data_class != "SyntheticShapesDataModule":
         args += SHRINK_DENSE["yolact" if cfg["model"]["init_args"]["model"] == "yolact" else "solo"]
     cli = SegCLI(args=args, run=False)

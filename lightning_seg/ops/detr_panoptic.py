@@ -1,0 +1,89 @@
+"""DETR's panoptic inference, on the device.
+
+The rules of DETR's ``PostProcessPanoptic``: queries whose best class is a real class scoring
+above ``threshold`` (0.85) are kept; each pixel goes to the kept query of largest mask logit;
+the queries of one stuff class form one segment; segments of at most ``min_area`` (4) pixels
+are dropped with their queries and the pixels re-assigned among the rest, until none is that
+small. Differences from the reference, which resizes with PIL on the CPU per image: the logits
+are brought to the output size as detectron2 does (bilinear to the padded input, crop, bilinear
+to the output, band by band), so they stay aligned with an image inside a padded batch; and
+stuff queries stay merged after small segments are dropped (the reference merges them in its
+first pass only). A stuff segment's score is the best of its queries'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..structures import PanopticPrediction
+from .mask_inference import panoptic_predictions, resized_argmax, thing_mask
+
+__all__ = ["detr_panoptic_inference"]
+
+Size = tuple[int, int]
+
+
+@torch.no_grad()
+def detr_panoptic_inference(
+    pred_logits: torch.Tensor,
+    pred_masks: torch.Tensor,
+    thing_classes: torch.Tensor | Sequence[int] | Sequence[bool],
+    padded_size: Size,
+    image_sizes: Sequence[Size],
+    orig_sizes: Sequence[Size],
+    threshold: float = 0.85,
+    min_area: int = 4,
+    band_budget: int | None = None,
+) -> list[PanopticPrediction]:
+    """DETR's panoptic segmentation of every image of a batch.
+
+    Args:
+        pred_logits: float ``[B, Q, K+1]`` (last = no-object).
+        pred_masks: float ``[B, Q, h, w]`` mask logits over the padded input.
+        thing_classes: contiguous thing ids or a bool ``[K]`` vector.
+        padded_size: ``(Hp, Wp)``; image_sizes: ``(H, W)`` of each image inside it;
+        orig_sizes: ``(H0, W0)`` of each output.
+        threshold: class score a query needs.
+        min_area: segments with at most this many pixels are dropped.
+        band_budget: elements per band of output rows (see :func:`~lightning_seg.ops.resized_argmax`).
+
+    Returns:
+        ``B`` :class:`~lightning_seg.structures.PanopticPrediction` (int32 ``[H0, W0]`` ids from 1, 0 =
+        void where no query was kept), segments in query order.
+    """
+    b, q, k1 = pred_logits.shape
+    k = k1 - 1
+    is_thing = thing_mask(thing_classes, k, pred_logits.device)
+    scores, labels = pred_logits.float().softmax(-1).max(-1)
+    keep = (labels != k) & (scores > threshold)
+    maps, rows = [], []
+    for i in range(b):
+        h0, w0 = orig_sizes[i]
+        alive = torch.nonzero(keep[i]).squeeze(1)
+        ids = torch.zeros(h0, w0, dtype=torch.int32, device=pred_logits.device)
+        while alive.numel():
+            lab = labels[i, alive]
+            # a query's segment: itself for things, the first kept query of its class for stuff
+            first = torch.full((k,), alive.numel(), dtype=torch.int64, device=alive.device)
+            first.scatter_reduce_(0, lab, torch.arange(alive.numel(), device=alive.device), reduce="amin")
+            seg = torch.where(is_thing[lab], torch.arange(alive.numel(), device=alive.device), first[lab])
+            owner = seg[resized_argmax(pred_masks[i, alive], padded_size, image_sizes[i], (h0, w0), band_budget)]
+            area = torch.bincount(owner.flatten(), minlength=alive.numel())
+            small = area[seg] <= min_area
+            if bool(small.any()):
+                alive = alive[~small]
+                continue
+            # segment ids 1..S in query order of the segments' representatives
+            is_rep = seg == torch.arange(alive.numel(), device=alive.device)
+            new_id = torch.cumsum(is_rep.long(), 0) * is_rep
+            ids = new_id[owner].to(torch.int32)
+            best = torch.zeros(alive.numel(), device=alive.device).scatter_reduce_(0, seg, scores[i, alive], "amax")
+            reps = torch.nonzero(is_rep).squeeze(1)
+            lab_r = lab[reps]
+            rows.append(torch.stack([torch.full_like(best[reps], i), new_id[reps].float(), lab_r.float(),
+                                     is_thing[lab_r].float(), best[reps], torch.ones_like(best[reps])], 1).double())
+            break
+        maps.append(ids)
+    return panoptic_predictions(maps, rows)
