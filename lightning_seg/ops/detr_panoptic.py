@@ -59,6 +59,8 @@ def detr_panoptic_inference(
     scores, labels = pred_logits.float().softmax(-1).max(-1)
     keep = (labels != k) & (scores > threshold)
     maps, rows = [], []
+    # one image at a time: each has its own output size, and dropping small segments changes the
+    # argmax, so each image iterates (one host read per round) until its segments are final
     for i in range(b):
         h0, w0 = orig_sizes[i]
         alive = torch.nonzero(keep[i]).squeeze(1)

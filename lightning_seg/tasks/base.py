@@ -161,6 +161,19 @@ class SegTask(LightningModule):
         return torch.tensor([tuple(t["image_size"]) for t in batch["targets"]], dtype=torch.int64,
                             device=batch["images"].device)
 
+    @staticmethod
+    def output_sizes(batch: Batch, at_original_size: bool) -> list[tuple[int, int]]:
+        """``(H0, W0)`` each image's predictions are reported at: its ``orig_size`` or ``target_size``."""
+        key = "orig_size" if at_original_size else "target_size"
+        return [(int(t[key][0]), int(t[key][1])) for t in batch["targets"]]
+
+    @classmethod
+    def mask_inference_sizes(cls, batch: Batch, at_original_size: bool) -> dict[str, Any]:
+        """``padded_size``, ``image_sizes`` and ``orig_sizes`` keywords of the mask-inference ops."""
+        return dict(padded_size=tuple(batch["images"].shape[-2:]),
+                    image_sizes=[tuple(t["image_size"]) for t in batch["targets"]],
+                    orig_sizes=cls.output_sizes(batch, at_original_size))
+
     # --- the step template ------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         terms = self.compute_losses(batch)

@@ -115,7 +115,6 @@ class DenseInstanceModule(SegTask):
         return self.criterion(outputs, t.boxes, t.labels, t.valid, t.masks, t.mask_index)
 
     def predict(self, batch: Batch, at_original_size: bool) -> dict[str, list[Any]]:
-        key = "orig_size" if at_original_size else "target_size"
-        outputs = [tuple(int(v) for v in t[key]) for t in batch["targets"]]
-        preds = self.model.postprocess(self.model(batch["images"]), self.image_sizes(batch), outputs)
+        preds = self.model.postprocess(self.model(batch["images"]), self.image_sizes(batch),
+                                       self.output_sizes(batch, at_original_size))
         return {"instance": preds}

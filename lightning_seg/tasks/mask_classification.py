@@ -138,10 +138,7 @@ class MaskClassificationModule(SegTask):
         hp = self.hparams
         outputs = self.model(batch["images"])
         logits, masks = outputs["pred_logits"], outputs["pred_masks"]
-        key = "orig_size" if at_original_size else "target_size"
-        sizes = dict(padded_size=tuple(batch["images"].shape[-2:]),
-                     image_sizes=[tuple(t["image_size"]) for t in batch["targets"]],
-                     orig_sizes=[tuple(t[key]) for t in batch["targets"]])
+        sizes = self.mask_inference_sizes(batch, at_original_size)
         result: dict[str, list[Any]] = {}
         if "panoptic" in self.eval_kinds:
             result["panoptic"] = panoptic_inference(logits, masks, self.thing_classes, **sizes,

@@ -136,9 +136,8 @@ class RCNNModule(SegTask):
         return self.model(batch["images"], self.image_sizes(batch), targets)
 
     def predict(self, batch: Batch, at_original_size: bool) -> dict[str, list[Any]]:
-        key = "orig_size" if at_original_size else "target_size"
         sizes = self.image_sizes(batch)
-        outputs = [tuple(int(v) for v in t[key]) for t in batch["targets"]]
+        outputs = self.output_sizes(batch, at_original_size)
         if self.is_panoptic:
             preds = self.model.postprocess(self.model(batch["images"], sizes), sizes, outputs)
             return {k: preds[k] for k in self.eval_kinds}

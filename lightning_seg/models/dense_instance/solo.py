@@ -236,13 +236,12 @@ class GridInstanceModel(nn.Module):
         nms = matrix_nms(groups.pad(probs > s.mask_threshold, False), groups.pad(scores), groups.pad(labels, -1),
                          groups.valid(), kernel=s.nms_kernel, sigma=s.nms_sigma, pre_nms_topk=s.pre_nms_topk,
                          score_threshold=s.update_threshold, max_detections=s.max_detections)
-        # flat row of every survivor: the start of its image's rows plus its index there
-        starts = torch.cumsum(groups.counts, 0) - groups.counts
-        order = torch.argsort(img, stable=True)
+        # the flat row behind every padded slot, to find each survivor's probabilities
+        slot_rows = groups.pad(torch.arange(img.shape[0], device=img.device), -1)
         out = []
         for i in range(b):
             ok = nms.valid[i]
-            rows = order[starts[i] + nms.indices[i][ok]]
+            rows = slot_rows[i, nms.indices[i][ok]]
             h, w = (int(v) for v in image_sizes[i])
             masks = binary_masks_at_size(probs[rows], outputs.padded_size, (h, w), output_sizes[i], s.mask_threshold)
             out.append(InstancePrediction(masks=masks, labels=nms.labels[i][ok], scores=nms.scores[i][ok]))
