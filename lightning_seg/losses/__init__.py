@@ -11,6 +11,7 @@ from lightning_seg.losses.cross_entropy import CrossEntropyLoss
 from lightning_seg.losses.dice import DiceLoss
 from lightning_seg.losses.focal import FocalLoss
 from lightning_seg.losses.lovasz import LovaszSoftmaxLoss, lovasz_softmax
+from lightning_seg.losses.max_deeplab_loss import MaXDeepLabCriterion
 from lightning_seg.losses.ohem import OhemCrossEntropyLoss, ohem_keep_mask
 from lightning_seg.losses.set_criterion import SetCriterion
 from lightning_seg.losses.solo_loss import SOLOCriterion, dice_loss_per_mask, downsample_masks
@@ -23,6 +24,7 @@ __all__ = [
     "DiceLoss",
     "FocalLoss",
     "LovaszSoftmaxLoss",
+    "MaXDeepLabCriterion",
     "OhemCrossEntropyLoss",
     "SOLOCriterion",
     "SetCriterion",

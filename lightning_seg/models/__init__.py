@@ -1,4 +1,4 @@
-"""lightning_seg.models: nn.Modules only (backbones, the FPN, per-pixel, mask-classification and R-CNN models: Mask R-CNN, Panoptic FPN, UPSNet; single-stage instance models: SOLO, SOLOv2, YOLACT; DETR).
+"""lightning_seg.models: nn.Modules only (backbones, the FPN, per-pixel, mask-classification and R-CNN models: Mask R-CNN, Panoptic FPN, UPSNet; single-stage instance models: SOLO, SOLOv2, YOLACT; DETR; MaX-DeepLab).
 
 Tasks build their model by name with :func:`create_model`; each registered name declares its
 family (see :mod:`lightning_seg.models.registry`).
@@ -9,7 +9,7 @@ from __future__ import annotations
 from lightning_seg.models.backbone import Backbone
 from lightning_seg.models.dense_instance import SOLO, YOLACT, SOLOv2
 from lightning_seg.models.detr import DETR
-from lightning_seg.models.mask_classification import Mask2Former, MaskFormer
+from lightning_seg.models.mask_classification import Mask2Former, MaskFormer, MaXDeepLab
 from lightning_seg.models.necks import FPN
 from lightning_seg.models.per_pixel import (
     FCN,
@@ -44,6 +44,7 @@ register_model("solo", SOLO, "dense_instance")
 register_model("solov2", SOLOv2, "dense_instance")
 register_model("yolact", YOLACT, "dense_instance")
 register_model("detr", DETR, "detr")
+register_model("max_deeplab", MaXDeepLab, "max_deeplab")
 
 __all__ = [
     "FCN",
@@ -51,6 +52,7 @@ __all__ = [
     "Mask2Former",
     "MaskRCNN",
     "MaskFormer",
+    "MaXDeepLab",
     "Backbone",
     "DETR",
     "SOLO",

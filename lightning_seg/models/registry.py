@@ -12,14 +12,16 @@ from typing import Any, Literal
 
 from torch import nn
 
-Family = Literal["per_pixel", "mask_classification", "rcnn", "dense_instance", "detr"]
+Family = Literal["per_pixel", "mask_classification", "rcnn", "dense_instance", "detr", "max_deeplab"]
 """What a model outputs, hence which task trains it: ``per_pixel`` (class logits ``[B,K,H,W]``,
 :class:`~lightning_seg.tasks.SemanticSegmentationModule`), ``mask_classification``
 (``pred_logits``/``pred_masks``, :class:`~lightning_seg.tasks.MaskClassificationModule`) or
 ``rcnn`` (losses in training, box detections with masks in eval,
 :class:`~lightning_seg.tasks.RCNNModule`) or ``dense_instance`` (grid or prototype outputs
 in both modes, :class:`~lightning_seg.tasks.DenseInstanceModule`) or ``detr`` (``pred_logits``,
-``pred_boxes``, ``pred_masks``, box-only ``aux_outputs``, :class:`~lightning_seg.tasks.DETRModule`)."""
+``pred_boxes``, ``pred_masks``, box-only ``aux_outputs``, :class:`~lightning_seg.tasks.DETRModule`) or
+``max_deeplab`` (``pred_logits``, ``pred_masks`` with a softmax over slots, ``pixel_features``,
+``semantic_logits``, :class:`~lightning_seg.tasks.MaXDeepLabModule`)."""
 
 
 @dataclass(frozen=True)

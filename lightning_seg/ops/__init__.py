@@ -14,6 +14,7 @@ from .box_matching import (
 from .dense_inference import crop_and_resize, dense_probabilities, slide_inference
 from .linear_assignment import sanitize_costs, solve_assignment
 from .detr_panoptic import detr_panoptic_inference
+from .max_deeplab_inference import max_deeplab_panoptic_inference, max_deeplab_semantic_inference
 from .dynamic_masks import linear_combination_masks, yolact_box_crop
 from .image_groups import ImageGroups, group_by_image
 from .mask_inference import (
@@ -64,6 +65,8 @@ from .yolact_matching import PriorMatch, ohem_negatives, yolact_match
 __all__ = [
     "binary_masks_at_size",
     "detr_panoptic_inference",
+    "max_deeplab_panoptic_inference",
+    "max_deeplab_semantic_inference",
     "linear_combination_masks",
     "yolact_box_crop",
     "ImageGroups",

@@ -4,7 +4,8 @@ from lightning_seg.tasks.base import SegTask
 from lightning_seg.tasks.dense_instance import DenseInstanceModule
 from lightning_seg.tasks.detr import DETRModule
 from lightning_seg.tasks.mask_classification import MaskClassificationModule
+from lightning_seg.tasks.max_deeplab import MaXDeepLabModule
 from lightning_seg.tasks.rcnn import RCNNModule
 from lightning_seg.tasks.semantic import SemanticSegmentationModule
 
-__all__ = ["DETRModule", "DenseInstanceModule", "MaskClassificationModule", "RCNNModule", "SegTask", "SemanticSegmentationModule"]
+__all__ = ["DETRModule", "DenseInstanceModule", "MaXDeepLabModule", "MaskClassificationModule", "RCNNModule", "SegTask", "SemanticSegmentationModule"]

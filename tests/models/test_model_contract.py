@@ -24,6 +24,7 @@ from lightning_seg.tasks import (
     DenseInstanceModule,
     DETRModule,
     MaskClassificationModule,
+    MaXDeepLabModule,
     RCNNModule,
     SemanticSegmentationModule,
 )
@@ -81,6 +82,10 @@ CASES: dict[str, tuple[type, dict[str, Any]]] = {
     "yolact": (DenseInstanceModule, dict(model="yolact", yolact=_YOLACT, **_DENSE)),
     "detr": (DETRModule, dict(model="detr", backbone="resnet10t", hidden_dim=32, nheads=8, enc_layers=1, dec_layers=2,
                               dim_feedforward=32, num_queries=6, score_threshold=0.0, min_segment_area=0)),
+    "max_deeplab": (MaXDeepLabModule, dict(model="max_deeplab", backbone="resnet10t", num_slots=6, memory_dim=16,
+                                           pixel_dims=[16, 8, 8], num_heads=2, dim_feedforward=32, embed_dim=8,
+                                           head_channels=8, sample_k=64, class_threshold=0.0, pixel_threshold=0.0,
+                                           thing_area=0, stuff_area=0)),
 }
 # BatchNorm over the 1x1 image-pooling map of ASPP cannot train on one image (torch refuses it).
 NO_TRAIN_BATCH_OF_ONE = {"deeplabv3", "deeplabv3plus"}
@@ -175,6 +180,16 @@ def check_outputs(family: str, out: Any, b: int, h: int, w: int, queries: int) -
         assert tuple(out["pred_masks"].shape) == (b, queries, math.ceil(h / 4), math.ceil(w / 4))
         assert torch.isfinite(out["pred_logits"]).all() and torch.isfinite(out["pred_masks"]).all()
         assert len(out["aux_outputs"]) >= 1 and all(o["pred_boxes"].shape == (b, queries, 4) for o in out["aux_outputs"])
+    elif family == "max_deeplab":
+        assert tuple(out["semantic_logits"].shape) == (b, K, math.ceil(h / 4), math.ceil(w / 4))
+        assert len(out["aux_outputs"]) >= 1
+        for o in [out, *out["aux_outputs"]]:
+            assert tuple(o["pred_logits"].shape) == (b, queries, K + 1)
+            assert tuple(o["pred_masks"].shape) == (b, queries, math.ceil(h / 4), math.ceil(w / 4))
+            f = o["pixel_features"]
+            assert f.shape[0] == b and f.shape[-2:] == o["pred_masks"].shape[-2:]
+            torch.testing.assert_close(f.norm(dim=1), torch.ones_like(f[:, 0]))  # unit features
+            assert torch.isfinite(o["pred_logits"]).all() and torch.isfinite(o["pred_masks"]).all()
     elif family == "per_pixel":
         maps = out.values() if isinstance(out, dict) else [out]
         for logits in maps:
@@ -216,7 +231,7 @@ def check_predictions(task, preds: dict[str, list], targets: list, key: str) -> 
 
 
 def queries_of(case: str) -> int:
-    return CASES[case][1].get("num_queries", 0)
+    return CASES[case][1].get("num_queries", CASES[case][1].get("num_slots", 0))
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -43,6 +43,9 @@ SHRINK_DENSE = {
 }
 SHRINK_DETR = ["--model.hidden_dim=32", "--model.dim_feedforward=64", "--model.enc_layers=1", "--model.dec_layers=1",
                "--model.num_queries=8", *SHRINK_RESIZE]
+SHRINK_MAX_DEEPLAB = ["--model.num_slots=8", "--model.memory_dim=32", "--model.pixel_dims=[32, 16, 16]",
+                      "--model.num_heads=2", "--model.dim_feedforward=64", "--model.embed_dim=16",
+                      "--model.head_channels=16", "--model.sample_k=256", *SHRINK_RESIZE]
 SHRINK_TRAINER = [
     # the first step at the full learning rate, so that every update exceeds float32 spacing
     "--model.warmup_steps=0",
@@ -106,6 +109,8 @@ def test_experiment_config_trains_one_step(config, dataset_roots, tmp_path, monk
         args += SHRINK_RCNN
     if model_class == "DETRModule" and data_class != "SyntheticShapesDataModule":
         args += SHRINK_DETR
+    if model_class == "MaXDeepLabModule" and data_class != "SyntheticShapesDataModule":
+        args += SHRINK_MAX_DEEPLAB
     if model_class == "DenseInstanceModule" and data_class != "SyntheticShapesDataModule":
         args += SHRINK_DENSE["yolact" if cfg["model"]["init_args"]["model"] == "yolact" else "solo"]
     cli = SegCLI(args=args, run=False)

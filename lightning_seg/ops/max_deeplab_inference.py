@@ -1,0 +1,150 @@
+"""MaX-DeepLab's panoptic inference (deeplab2's pixel-wise post-processing), on the device.
+
+Rules: a slot is kept when its best real class has probability >= ``class_threshold`` (0.7); at
+every pixel the mask logits of the kept slots are turned into a softmax over those slots, and the
+pixel goes to the best kept slot when that probability exceeds ``pixel_threshold`` (0.4) and the
+best slot over all slots is a kept one (else void). Thing segments are single slots, stuff
+segments gather the slots of one class; thing segments under ``thing_area`` (100) pixels and stuff
+segments under ``stuff_area`` (1600) become void (their pixels are not re-assigned). Areas are
+counted at the output size. The logits are brought to the output size as the other
+mask-classification ops do (bilinear to the padded input, crop, bilinear to the output, band by
+band) rather than deeplab2's align-corners resize of ``4k + 1`` crops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..structures import PanopticPrediction
+from .mask_inference import (
+    _image_sizes,
+    _taps,
+    band_budget_for,
+    panoptic_predictions,
+    thing_mask,
+)
+from .mask_resize import resize_height, resize_width, row_bands
+
+__all__ = ["max_deeplab_panoptic_inference", "max_deeplab_semantic_inference"]
+
+Size = tuple[int, int]
+
+
+@torch.no_grad()
+def max_deeplab_panoptic_inference(
+    pred_logits: torch.Tensor,
+    pred_masks: torch.Tensor,
+    thing_classes: torch.Tensor | Sequence[int] | Sequence[bool],
+    padded_size: Size | None = None,
+    image_sizes: Sequence[Size] | None = None,
+    orig_sizes: Sequence[Size] | None = None,
+    class_threshold: float = 0.7,
+    pixel_threshold: float = 0.4,
+    thing_area: int = 100,
+    stuff_area: int = 1600,
+    band_budget: int | None = None,
+) -> list[PanopticPrediction]:
+    """Panoptic segmentation of every image of a batch by MaX-DeepLab's rules (module docstring).
+
+    Args:
+        pred_logits: float ``[B, N, K+1]`` slot class logits (last = void).
+        pred_masks: float ``[B, N, h, w]`` mask logits over the padded input (softmax over ``N``).
+        thing_classes: contiguous thing ids or a bool ``[K]`` vector.
+        padded_size: ``(Hp, Wp)`` (default: the mask size); image_sizes: each image's ``(H, W)``
+            inside it; orig_sizes: ``(H0, W0)`` of each output (default: ``image_sizes``).
+        class_threshold, pixel_threshold: slot class and pixel mask confidences.
+        thing_area, stuff_area: smallest kept thing / stuff segment, in output pixels.
+        band_budget: elements per band of output rows (see :func:`~lightning_seg.ops.resized_argmax`).
+
+    Returns:
+        ``B`` :class:`~lightning_seg.structures.PanopticPrediction`: int32 ``[H0, W0]`` ids from 1
+        (0 = void), segments ordered by their first slot; a segment's score is its best slot's
+        class probability.
+    """
+    padded, images, origs = _image_sizes(pred_masks, padded_size, image_sizes, orig_sizes)
+    b, n, k1 = pred_logits.shape
+    k = k1 - 1
+    dev = pred_masks.device
+    if band_budget is None:
+        band_budget = band_budget_for(dev, 1 << 20)
+    is_thing = thing_mask(thing_classes, k, dev)
+    scores, labels = pred_logits.float().softmax(-1)[..., :k].max(-1)  # [B, N]
+    keep = scores >= class_threshold
+    maps, rows = [], []
+    for i in range(b):
+        h0, w0 = origs[i]
+        alive = torch.nonzero(keep[i]).squeeze(1)
+        owner = torch.full((h0, w0), -1, dtype=torch.long, device=dev)  # index into alive, -1 = void
+        if alive.numel():
+            ty, tx = _taps(pred_masks, padded, images[i], origs[i])
+            wide = resize_width(pred_masks[i].float(), tx)  # [N, h, W0]
+            kept = torch.zeros(n, dtype=torch.bool, device=dev)
+            kept[alive] = True
+            for band in row_bands(h0, n * w0, band_budget):
+                logit = resize_height(wide, ty, band)  # [N, r, W0]
+                best_all = logit.max(0).values
+                kl = logit[alive]
+                best, idx = kl.max(0)
+                confidence = 1.0 / torch.exp(kl - best).sum(0)  # softmax over the kept slots at the argmax
+                ok = (confidence > pixel_threshold) & (best >= best_all)
+                owner[band] = torch.where(ok, idx, -1)
+        m = alive.numel()
+        lab = labels[i, alive]
+        # a slot's segment: itself for things, the first kept slot of its class for stuff
+        first = torch.full((k,), m, dtype=torch.long, device=dev)
+        first.scatter_reduce_(0, lab, torch.arange(m, device=dev), reduce="amin")
+        seg = torch.where(is_thing[lab], torch.arange(m, device=dev), first[lab])
+        seg_map = torch.where(owner >= 0, seg[owner.clamp(min=0)] if m else owner, -1)
+        area = torch.bincount(seg_map[seg_map >= 0], minlength=m) if m else owner.new_zeros(0)
+        is_rep = seg == torch.arange(m, device=dev)
+        limit = torch.where(is_thing[lab], thing_area, stuff_area)
+        survives = is_rep & (area >= limit) & (area > 0)
+        new_id = torch.cumsum(survives.long(), 0) * survives
+        ids = torch.where(seg_map >= 0, new_id[seg_map.clamp(min=0)] if m else seg_map, 0).to(torch.int32)
+        maps.append(ids)
+        if m:
+            best = torch.zeros(m, device=dev).scatter_reduce_(0, seg, scores[i, alive], "amax")
+            reps = torch.nonzero(survives).squeeze(1)
+            lab_r = lab[reps]
+            rows.append(torch.stack([torch.full_like(best[reps], i), new_id[reps].float(), lab_r.float(),
+                                     is_thing[lab_r].float(), best[reps], torch.ones_like(best[reps])], 1).double())
+    return panoptic_predictions(maps, rows)
+
+
+@torch.no_grad()
+def max_deeplab_semantic_inference(
+    pred_logits: torch.Tensor,
+    pred_masks: torch.Tensor,
+    padded_size: Size | None = None,
+    image_sizes: Sequence[Size] | None = None,
+    orig_sizes: Sequence[Size] | None = None,
+    band_budget: int | None = None,
+) -> list[torch.Tensor]:
+    """Per-pixel class map: argmax over classes of ``sum_n softmax(cls)_n,k * softmax_n(mask)``.
+
+    Args:
+        pred_logits: float ``[B, N, K+1]``; pred_masks: float ``[B, N, h, w]`` (softmax over ``N``).
+        padded_size, image_sizes, orig_sizes, band_budget: as :func:`max_deeplab_panoptic_inference`.
+
+    Returns:
+        ``B`` int64 ``[H0, W0]`` class maps.
+    """
+    padded, images, origs = _image_sizes(pred_masks, padded_size, image_sizes, orig_sizes)
+    if band_budget is None:
+        band_budget = band_budget_for(pred_masks.device, 1 << 20)
+    cls = pred_logits.float().softmax(-1)[..., :-1]
+    n, k = cls.shape[1:]
+    out = []
+    for i in range(pred_masks.shape[0]):
+        ty, tx = _taps(pred_masks, padded, images[i], origs[i])
+        h0, w0 = origs[i]
+        sem = torch.empty(h0, w0, dtype=torch.long, device=pred_masks.device)
+        wide = resize_width(pred_masks[i].float(), tx)
+        cls_t = cls[i].T.contiguous()  # [K, N]
+        for rows in row_bands(h0, (n + k) * w0, band_budget):
+            probs = resize_height(wide, ty, rows).softmax(0)  # [N, r, W0]
+            sem[rows] = (cls_t @ probs.flatten(1)).max(0).indices.view(-1, w0)
+        out.append(sem)
+    return out
