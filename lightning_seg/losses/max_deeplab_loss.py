@@ -2,8 +2,9 @@
 
 Ground truth is taken at the mask logits' resolution by strided sampling (deeplab2's
 ``strided_downsample``: the top-left pixel of every output cell); a segment left with no pixel
-there is void, as in deeplab2. Crowd segments are not mask targets; their pixels count as
-labelled for the semantic loss only.
+there is void, as in deeplab2. Crowd regions are void everywhere (deeplab2's COCO data treats
+crowd as ignore): they are no mask target, count as void pixels and are ignored by the semantic
+loss.
 
 Per image, with slots' mask probabilities ``p`` (softmax over the ``N`` slots at each pixel) and
 class probabilities ``c``:
@@ -20,22 +21,28 @@ class probabilities ``c``:
   normalisation;
 * ``loss_mask_id`` (weight 0.3): cross-entropy over slots at each pixel of a matched segment,
   to that segment's slot, averaged over those pixels;
-* ``loss_instance`` (weight 1): the pixel-contrastive instance discrimination of deeplab2 (from
-  CMT-DeepLab): ``sample_k`` labelled pixels drawn without replacement with logits
-  ``sample_temperature x log(P / area of the pixel's segment)`` (small segments first), each
-  sampled pixel's unit feature against every other's at temperature 0.3, cross-entropy to the
-  uniform distribution over the samples of its own segment, averaged over the samples;
+* ``loss_instance`` (weight 1), instance discrimination, in one of deeplab2's two forms:
+  with ``sample_k > 0`` the pixel-contrastive form (from CMT-DeepLab): ``sample_k`` pixels of real
+  segments drawn without replacement with logits ``sample_temperature x log(P / area of the
+  pixel's segment)`` (small segments first), each sample's unit feature against every sample's
+  (itself included) at temperature 0.3, cross-entropy to the uniform distribution over the
+  samples of its own segment, averaged over the samples; with ``sample_k = 0`` the original
+  MaX-DeepLab form: each thing pixel's feature against every segment's L2-normalised mean
+  feature at temperature 0.3, cross-entropy to its own segment, averaged over thing pixels;
 * ``loss_semantic`` (weight 1): cross-entropy of the auxiliary semantic head, void ignored,
   averaged over labelled pixels.
 
-Every term is averaged over the images of the batch. Deep supervision (deeplab2's
-``auxiliary_outputs``): the earlier stages get the PQ-style, mask-ID and instance terms on the
-final layer's matching and weights, and on the same sampled pixels; their keys end in ``_<i>``.
+Every term is averaged over the images of the batch; the losses run in float32 (autocast off).
+Deep supervision (deeplab2's ``auxiliary_outputs``): the earlier stages get the PQ-style,
+mask-ID and instance terms on the final layer's matching and weights, and on the same sampled
+pixels; their keys end in ``_<i>``.
 
 Differences from deeplab2: a segment left unmatched because there are more segments than slots
-is not supervised (deeplab2 gives it a -99999 logit and a 1e-5 weight); the averages divide by the
-number of slots, matched pixels and samples rather than counting non-zero losses (the same up to
-losses that are exactly zero).
+is not supervised (deeplab2 points its pixels' mask-ID target at a padding slot of logit -99999,
+a loss of about 1e5, and writes its class onto slot 0); the averages divide by the number of
+slots, matched pixels and samples rather than counting non-zero losses (the same up to losses
+that are exactly zero); the segments are the dataset's (deeplab2 makes one stuff segment per
+class from the semantic map: the same for COCO).
 """
 
 from __future__ import annotations
@@ -51,10 +58,8 @@ from ..ops.matching import hungarian_match
 from ..structures import IGNORE_INDEX
 from .set_targets import pad_targets
 
-__all__ = ["MaXDeepLabCriterion", "MaXDeepLabTargets", "instance_discrimination_loss", "sample_pixels_by_inverse_area",
-           "strided_downsample"]
-
-_LOSS_WEIGHTS = ("pq_weight", "mask_id_weight", "instance_weight", "semantic_weight")
+__all__ = ["MaXDeepLabCriterion", "MaXDeepLabTargets", "instance_discrimination_loss", "mask_average_instance_loss",
+           "sample_pixels_by_inverse_area", "strided_downsample"]
 
 
 def strided_downsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -73,13 +78,15 @@ class MaXDeepLabTargets(NamedTuple):
         one_hot: float32 ``[B, T, P]``, 1 where the pixel belongs to the segment.
         labels: int64 ``[B, T]``.
         valid: bool ``[B, T]`` real segments with at least one pixel at this resolution.
-        labelled: float32 ``[B, P]``, 1 on non-void pixels (crowd regions included).
+        thing: bool ``[B, T]`` thing segments (all False without ``is_thing`` in the targets).
+        labelled: float32 ``[B, P]``, 1 on non-void pixels (crowd regions are void).
         semantic: int64 ``[B, hs, ws]`` class map at the semantic head's size (or ``None``).
     """
 
     one_hot: Tensor
     labels: Tensor
     valid: Tensor
+    thing: Tensor
     labelled: Tensor
     semantic: Tensor | None
 
@@ -93,7 +100,7 @@ def sample_pixels_by_inverse_area(one_hot: Tensor, valid: Tensor, k: int, temper
         valid: bool ``[B, T]`` real segments.
         k: samples per image (at most ``P``).
         temperature: the logits are ``temperature x log(P / area of the pixel's segment)``.
-        generator: for the Gumbel noise.
+        generator: for the Gumbel noise (on any device; the noise moves to ``one_hot``'s).
 
     Returns:
         int64 ``[B, k]`` pixel indices; pixels of no segment are drawn only when an image has
@@ -104,7 +111,7 @@ def sample_pixels_by_inverse_area(one_hot: Tensor, valid: Tensor, k: int, temper
     area = (member.sum(-1, keepdim=True) * member).sum(1)  # [B, P]: area of each pixel's segment
     logits = torch.where(area > 0, temperature * torch.log(p / area.clamp(min=1.0)),
                          torch.full_like(area, -99999.0))
-    u = torch.rand(logits.shape, generator=generator, device=logits.device if generator is None else "cpu")
+    u = torch.rand(logits.shape, generator=generator, device=logits.device if generator is None else generator.device)
     gumbel = -torch.log(-torch.log(u.to(logits.device).clamp(1e-20, 1.0 - 1e-7)))
     return (logits + gumbel).topk(min(k, p), dim=-1).indices
 
@@ -133,6 +140,31 @@ def instance_discrimination_loss(features: Tensor, one_hot: Tensor, valid: Tenso
     return (per_sample * counted).sum(-1) / counted.sum(-1).clamp(min=1.0)
 
 
+def mask_average_instance_loss(features: Tensor, one_hot: Tensor, valid: Tensor, thing: Tensor,
+                               temperature: float = 0.3) -> Tensor:
+    """The original MaX-DeepLab instance discrimination, per image.
+
+    Args:
+        features: unit-norm float ``[B, D, P]`` pixel features.
+        one_hot: float ``[B, T, P]`` segment membership; valid: bool ``[B, T]``; thing: bool ``[B, T]``.
+        temperature: similarity temperature.
+
+    Returns:
+        float32 ``[B]``: at each pixel of a thing segment, cross-entropy of its feature's
+        similarities to every real segment's L2-normalised mean feature, to its own segment,
+        averaged over those pixels (0 if none).
+    """
+    f = features.float()
+    member = one_hot * valid[..., None]
+    area = member.sum(-1, keepdim=True)
+    centers = F.normalize(torch.einsum("bdp,btp->btd", f, member) / area.clamp(min=1.0), dim=-1)
+    sim = torch.einsum("bdp,btd->btp", f, centers) / temperature
+    sim = sim.masked_fill(~valid[..., None], -99999.0)
+    own = -(member * sim.log_softmax(1)).sum(1)  # [B, P]; 0 off segments
+    weight = (member * thing[..., None]).sum(1)  # 1 on thing pixels
+    return (own * weight).sum(-1) / weight.sum(-1).clamp(min=1.0)
+
+
 class MaXDeepLabCriterion(nn.Module):
     """MaX-DeepLab's losses (see the module docstring) for a batch.
 
@@ -141,15 +173,18 @@ class MaXDeepLabCriterion(nn.Module):
         pq_weight, mask_id_weight, instance_weight, semantic_weight: term weights (3, 0.3, 1, 1).
         focal_alpha: weight of matched slots' class term (unmatched: ``1 - focal_alpha``), 0.75.
         instance_temperature: similarity temperature of the instance loss (0.3).
-        sample_k: pixels sampled per image by the instance loss (4096).
+        sample_k: pixels sampled per image by the pixel-contrastive instance loss (4096); 0 = the
+            original mask-averaged form (on thing pixels, needs ``is_thing`` in the targets).
         sample_temperature: inverse-area sampling temperature (0.6, deeplab2's default).
         solver: assignment solver, see :func:`lightning_seg.ops.hungarian_match`.
 
     ``forward(outputs, targets)`` takes the model's ``pred_logits [B,N,K+1]``, ``pred_masks
     [B,N,h,w]``, ``pixel_features [B,D,h,w]``, optional ``semantic_logits [B,K,hs,ws]`` and
     ``aux_outputs``, and per image ``masks`` bool ``[T,Hp,Wp]``, ``labels`` int64 ``[T]``, optional
-    ``iscrowd`` bool ``[T]`` and ``semantic`` int64 ``[Hp,Wp]`` (void = 255; without it the pixels of
-    no segment are void). Returns unweighted float32 scalars; :meth:`weighted` applies the weights.
+    ``iscrowd`` bool ``[T]``, ``is_thing`` bool ``[T]`` and ``semantic`` int64 ``[Hp,Wp]`` (void = 255;
+    without it the pixels of no segment are void), and an optional ``generator`` for the pixel
+    sampling. Every ``aux_outputs`` stage must have the final stage's mask size. Returns
+    unweighted float32 scalars; :meth:`weighted` applies the weights.
     """
 
     def __init__(self, num_classes: int, pq_weight: float = 3.0, mask_id_weight: float = 0.3,
@@ -161,8 +196,11 @@ class MaXDeepLabCriterion(nn.Module):
             raise ValueError(f"MaXDeepLabCriterion: num_classes must be >= 1, got {num_classes}")
         if not 0.0 <= focal_alpha <= 1.0:
             raise ValueError(f"MaXDeepLabCriterion: focal_alpha must be in [0, 1], got {focal_alpha}")
-        if sample_k < 1:
-            raise ValueError(f"MaXDeepLabCriterion: sample_k must be >= 1, got {sample_k}")
+        if sample_k < 0:
+            raise ValueError(f"MaXDeepLabCriterion: sample_k must be >= 0, got {sample_k}")
+        if instance_temperature <= 0 or sample_temperature <= 0:
+            raise ValueError(f"MaXDeepLabCriterion: temperatures must be > 0, got instance_temperature="
+                             f"{instance_temperature}, sample_temperature={sample_temperature}")
         self.num_classes = num_classes
         self.focal_alpha = focal_alpha
         self.instance_temperature = instance_temperature
@@ -192,25 +230,38 @@ class MaXDeepLabCriterion(nn.Module):
     def prepare_targets(self, targets: Sequence[Mapping[str, Any]], size: tuple[int, int],
                         semantic_size: tuple[int, int] | None, device: torch.device) -> MaXDeepLabTargets:
         """Ground truth of the batch at the output resolution ``size`` (see :class:`MaXDeepLabTargets`)."""
-        kept = []
+        kept, crowds, things = [], [], []
         for t in targets:
             crowd = t.get("iscrowd")
-            keep = ~crowd.bool() if isinstance(crowd, Tensor) and crowd.numel() else None
+            crowd = crowd.bool() if isinstance(crowd, Tensor) and crowd.numel() else None
+            keep = None if crowd is None else ~crowd
             kept.append({"masks": t["masks"] if keep is None else t["masks"][keep],
                          "labels": t["labels"] if keep is None else t["labels"][keep],
                          **({"image_id": t["image_id"]} if "image_id" in t else {})})
+            crowds.append(None if crowd is None or not crowd.any() else t["masks"][crowd].any(0))
+            is_thing = t.get("is_thing")
+            things.append(torch.zeros(kept[-1]["labels"].shape[0], dtype=torch.bool) if is_thing is None
+                          else (is_thing.bool() if keep is None else is_thing.bool()[keep]))
         padded = pad_targets(kept, self.num_classes, device=device)
         hp, wp = padded.masks.shape[-2:]
         small = strided_downsample(padded.masks, size)  # [B, T, h, w]
         one_hot = small.flatten(2).float()
         valid = padded.valid & (one_hot.sum(-1) > 0)
         one_hot = one_hot * valid[..., None]
+        thing = torch.zeros_like(valid)
+        for i, th in enumerate(things):
+            thing[i, : th.shape[0]] = th.to(device)
+        thing &= valid
         semantic = None
         if all("semantic" in t for t in targets):
             full = torch.full((len(targets), hp, wp), IGNORE_INDEX, dtype=torch.long, device=device)
             for i, t in enumerate(targets):
                 sem = t["semantic"].to(device)
-                full[i, : min(hp, sem.shape[0]), : min(wp, sem.shape[1])] = sem[:hp, :wp]
+                h_i, w_i = min(hp, sem.shape[0]), min(wp, sem.shape[1])
+                full[i, :h_i, :w_i] = sem[:h_i, :w_i]
+                if crowds[i] is not None:
+                    c = crowds[i].to(device)[:hp, :wp]
+                    full[i, : c.shape[0], : c.shape[1]][c] = IGNORE_INDEX
             labelled = (strided_downsample(full, size) != IGNORE_INDEX).flatten(1).float()
             if semantic_size is not None:
                 semantic = strided_downsample(full, semantic_size)
@@ -223,7 +274,7 @@ class MaXDeepLabCriterion(nn.Module):
                     owner = padded.labels.gather(1, flat.long().argmax(1))
                     lab = torch.where(flat.any(1), owner, lab)
                 semantic = strided_downsample(lab.view(-1, hp, wp), semantic_size)
-        return MaXDeepLabTargets(one_hot, padded.labels, valid, labelled, semantic)
+        return MaXDeepLabTargets(one_hot, padded.labels, valid, thing, labelled, semantic)
 
     def forward(self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Any]],
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -231,6 +282,11 @@ class MaXDeepLabCriterion(nn.Module):
         for key in ("pred_logits", "pred_masks", "pixel_features"):
             if key not in outputs:
                 raise KeyError(f"MaXDeepLabCriterion: outputs have no {key!r} (keys: {sorted(outputs)})")
+        with torch.autocast(outputs["pred_masks"].device.type, enabled=False):
+            return self._forward(outputs, targets, generator)
+
+    def _forward(self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Any]],
+                 generator: torch.Generator | None) -> dict[str, Tensor]:
         logits, masks = outputs["pred_logits"], outputs["pred_masks"]
         b, n, h, w = masks.shape
         if logits.shape[:2] != (b, n) or logits.shape[-1] != self.num_classes + 1:
@@ -242,8 +298,10 @@ class MaXDeepLabCriterion(nn.Module):
         gt = self.prepare_targets(targets, (h, w), None if sem_logits is None else tuple(sem_logits.shape[-2:]),
                                   masks.device)
         state = self._match(logits, masks, gt)
-        samples = sample_pixels_by_inverse_area(gt.one_hot, gt.valid, self.sample_k, self.sample_temperature,
-                                                generator)
+        samples = None
+        if self.sample_k > 0:
+            samples = sample_pixels_by_inverse_area(gt.one_hot, gt.valid, self.sample_k, self.sample_temperature,
+                                                    generator)
         losses = self._stage_losses(outputs, gt, state, samples)
         for i, aux in enumerate(outputs.get("aux_outputs") or []):
             losses.update({f"{k}_{i}": v for k, v in self._stage_losses(aux, gt, state, samples).items()})
@@ -288,7 +346,7 @@ class MaXDeepLabCriterion(nn.Module):
         return inter / ((one_hot.sum(-1)[..., None] + probs.sum(-1)[:, None]) / 2 + 1e-5)
 
     def _stage_losses(self, out: Mapping[str, Tensor], gt: MaXDeepLabTargets, state: Mapping[str, Tensor],
-                      samples: Tensor) -> dict[str, Tensor]:
+                      samples: Tensor | None) -> dict[str, Tensor]:
         logits, masks = out["pred_logits"].float(), out["pred_masks"].float()
         n = masks.shape[1]
         log_probs = masks.flatten(2).log_softmax(1)  # [B, N, P]
@@ -307,6 +365,10 @@ class MaXDeepLabCriterion(nn.Module):
         nll = -log_probs.gather(1, pix.clamp(min=0)[:, None]).squeeze(1)
         loss_mask_id = (nll * has).sum(1) / has.sum(1).clamp(min=1)
         feats = out["pixel_features"].flatten(2)
-        loss_instance = instance_discrimination_loss(feats, gt.one_hot, gt.valid, samples, self.instance_temperature)
+        if samples is None:
+            loss_instance = mask_average_instance_loss(feats, gt.one_hot, gt.valid, gt.thing, self.instance_temperature)
+        else:
+            loss_instance = instance_discrimination_loss(feats, gt.one_hot, gt.valid, samples,
+                                                         self.instance_temperature)
         return {"loss_pq_class": loss_class.mean(), "loss_pq_dice": loss_dice.mean(),
                 "loss_mask_id": loss_mask_id.mean(), "loss_instance": loss_instance.mean()}

@@ -8,7 +8,8 @@ segments gather the slots of one class; thing segments under ``thing_area`` (100
 segments under ``stuff_area`` (1600) become void (their pixels are not re-assigned). Areas are
 counted at the output size. The logits are brought to the output size as the other
 mask-classification ops do (bilinear to the padded input, crop, bilinear to the output, band by
-band) rather than deeplab2's align-corners resize of ``4k + 1`` crops.
+band) rather than deeplab2's align-corners resize of ``4k + 1`` crops. Semantic maps follow
+deeplab2's rule too (:func:`max_deeplab_semantic_inference`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .mask_inference import (
     _taps,
     band_budget_for,
     panoptic_predictions,
+    resized_argmax,
     thing_mask,
 )
 from .mask_resize import resize_height, resize_width, row_bands
@@ -122,10 +124,11 @@ def max_deeplab_semantic_inference(
     orig_sizes: Sequence[Size] | None = None,
     band_budget: int | None = None,
 ) -> list[torch.Tensor]:
-    """Per-pixel class map: argmax over classes of ``sum_n softmax(cls)_n,k * softmax_n(mask)``.
+    """Per-pixel class map by deeplab2's rule (its panoptic post-processing with every threshold
+    and area limit at 0): each pixel takes the best real class of the slot of largest mask logit.
 
     Args:
-        pred_logits: float ``[B, N, K+1]``; pred_masks: float ``[B, N, h, w]`` (softmax over ``N``).
+        pred_logits: float ``[B, N, K+1]``; pred_masks: float ``[B, N, h, w]``.
         padded_size, image_sizes, orig_sizes, band_budget: as :func:`max_deeplab_panoptic_inference`.
 
     Returns:
@@ -134,17 +137,9 @@ def max_deeplab_semantic_inference(
     padded, images, origs = _image_sizes(pred_masks, padded_size, image_sizes, orig_sizes)
     if band_budget is None:
         band_budget = band_budget_for(pred_masks.device, 1 << 20)
-    cls = pred_logits.float().softmax(-1)[..., :-1]
-    n, k = cls.shape[1:]
+    slot_class = pred_logits.float()[..., :-1].argmax(-1)  # [B, N]
     out = []
     for i in range(pred_masks.shape[0]):
-        ty, tx = _taps(pred_masks, padded, images[i], origs[i])
-        h0, w0 = origs[i]
-        sem = torch.empty(h0, w0, dtype=torch.long, device=pred_masks.device)
-        wide = resize_width(pred_masks[i].float(), tx)
-        cls_t = cls[i].T.contiguous()  # [K, N]
-        for rows in row_bands(h0, (n + k) * w0, band_budget):
-            probs = resize_height(wide, ty, rows).softmax(0)  # [N, r, W0]
-            sem[rows] = (cls_t @ probs.flatten(1)).max(0).indices.view(-1, w0)
-        out.append(sem)
+        owner = resized_argmax(pred_masks[i], padded, images[i], origs[i], band_budget)
+        out.append(slot_class[i][owner])
     return out

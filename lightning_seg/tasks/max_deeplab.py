@@ -40,7 +40,8 @@ class MaXDeepLabModule(SegTask):
             dim_feedforward, embed_dim, head_channels, dropout: the dual-path transformer and
             heads (see :class:`~lightning_seg.models.mask_classification.max_deeplab.MaXDeepLab`).
         pq_weight, mask_id_weight, instance_weight, semantic_weight: loss weights (3, 0.3, 1, 1).
-        instance_temperature, sample_k, sample_temperature: the instance-discrimination loss.
+        instance_temperature, sample_k, sample_temperature: the instance-discrimination loss
+            (``sample_k`` pixels sampled by inverse segment area; 0 = the original mask-averaged form).
         deep_supervision: supervise the earlier decoder stages too.
         class_threshold, pixel_threshold, thing_area, stuff_area: inference (0.7, 0.4, 100, 1600).
         **kwargs: :class:`~lightning_seg.tasks.base.SegTask` arguments.
@@ -98,6 +99,9 @@ class MaXDeepLabModule(SegTask):
         entry = model_entry(hp.model, "max_deeplab", key="model.model")
         kwargs = {k: hp[k] for k in _MODEL_ARGS}
         kwargs["pixel_dims"] = tuple(hp.pixel_dims) if hp.pixel_dims is not None else (256, 128, 64)
+        # without deep supervision the earlier stages get no heads: every parameter then has a
+        # gradient (DDP without find_unused_parameters)
+        kwargs["aux_heads"] = hp.deep_supervision
         self.model = create_model(entry.name, "max_deeplab", num_classes=self.num_classes, **kwargs)
 
     def configure_losses(self) -> None:
@@ -118,13 +122,11 @@ class MaXDeepLabModule(SegTask):
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         outputs = self.model(batch["images"])
-        if not self.hparams.deep_supervision:
-            outputs = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         return self.criterion.weighted(self.criterion(outputs, list(batch["targets"])))
 
     def predict(self, batch: Batch, at_original_size: bool) -> dict[str, list[Any]]:
         hp = self.hparams
-        outputs = self.model(batch["images"])
+        outputs = self.model(batch["images"], with_aux=False)
         logits, masks = outputs["pred_logits"], outputs["pred_masks"]
         sizes = self.mask_inference_sizes(batch, at_original_size)
         result: dict[str, list[Any]] = {}

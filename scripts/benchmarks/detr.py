@@ -26,10 +26,10 @@ logit of their best real class raised so that its softmax score is uniform in
 HF: ``DetrImageProcessor.post_process_panoptic_segmentation`` with ``--threshold`` (DETR's 0.85),
 ``label_ids_to_fuse`` the stuff classes and target size the input size; ours:
 ``detr_panoptic_inference`` with the same threshold, output size the input size (no padding).
-The two do different work on these inputs: random weights give the queries similar masks, and
-HF, which weighs the mask probabilities by the class score before the pixel argmax, gives the
-pixels to few queries and drops the others, while ours (DETR's rule) takes the argmax of the
-mask logits; the segment counts are printed.
+Random weights also give the kept queries near-identical masks, so each kept query's mask
+logits are replaced by +8 on one of the image's target rectangles and -8 elsewhere, plus unit
+noise (``region_masks``): both post-processings then find about one segment per kept query, as
+with a trained model (the segment counts are printed).
 
 Measured as in ``train_step.py``: in this process, interleaving the two sides, median over
 ``--iters`` runs after ``--warmup``, wall-clock and process CPU time (all threads), plus the ratio
@@ -219,8 +219,10 @@ def peak_memory_mib(name: str, args: argparse.Namespace, device: torch.device) -
     return result
 
 
-def confident_logits(logits: torch.Tensor, kept: int, threshold: float, seed: int = 0) -> torch.Tensor:
-    """Copy of ``logits`` float ``[B, Q, K+1]`` where ``kept`` random queries per image pass ``threshold``.
+def confident_logits(logits: torch.Tensor, kept: int, threshold: float, seed: int = 0
+                     ) -> tuple[torch.Tensor, list[list[int]]]:
+    """Copy of ``logits`` float ``[B, Q, K+1]`` where ``kept`` random queries per image pass ``threshold``,
+    and those queries' indices per image.
 
     The chosen query's best real class ``c`` gets the logit ``logsumexp(others) + logit(p)``, so
     that its softmax score is exactly ``p``, drawn uniformly from ``threshold + (1 - threshold) *
@@ -229,13 +231,33 @@ def confident_logits(logits: torch.Tensor, kept: int, threshold: float, seed: in
     g = torch.Generator().manual_seed(seed)
     out = logits.detach().float().clone()
     b, q, _ = out.shape
+    chosen = []
     for i in range(b):
-        for j in torch.randperm(q, generator=g)[: min(kept, q)].tolist():
+        chosen.append(torch.randperm(q, generator=g)[: min(kept, q)].tolist())
+        for j in chosen[-1]:
             c = int(out[i, j, :-1].argmax())
             others = torch.cat([out[i, j, :c], out[i, j, c + 1 :]])
             p = threshold + (1 - threshold) * (0.1 + 0.8 * float(torch.rand((), generator=g)))
             out[i, j, c] = torch.logsumexp(others, 0) + math.log(p / (1 - p))
-    return out.to(logits.device)
+    return out.to(logits.device), chosen
+
+
+def region_masks(masks: torch.Tensor, chosen: list[list[int]], targets: list[dict], seed: int = 0) -> torch.Tensor:
+    """Copy of mask logits float ``[B, Q, h, w]`` where the ``chosen`` queries of image ``i`` cover
+    its targets' rectangles: logits ``+8`` inside the query's rectangle, ``-8`` outside, plus noise
+    of standard deviation 1, so both post-processings find about one segment per kept query (as
+    with a trained model) instead of random weights' near-identical masks."""
+    g = torch.Generator().manual_seed(seed)
+    out = masks.detach().float().clone()
+    h, w = out.shape[-2:]
+    for i, queries in enumerate(chosen):
+        regions = targets[i]["masks"].float()[:, None]
+        regions = torch.nn.functional.interpolate(regions, size=(h, w), mode="nearest")[:, 0] > 0.5
+        for n, j in enumerate(queries):
+            inside = regions[n % regions.shape[0]].to(out.device)
+            noise = torch.randn(h, w, generator=g).to(out.device)
+            out[i, j] = torch.where(inside, 8.0, -8.0) + noise
+    return out
 
 
 def build_postprocess(args: argparse.Namespace, device: torch.device, hf, ours) -> dict[str, Callable[[], list]]:
@@ -246,7 +268,7 @@ def build_postprocess(args: argparse.Namespace, device: torch.device, hf, ours) 
 
     from lightning_seg.ops.detr_panoptic import detr_panoptic_inference
 
-    images, _ = make_batch(args, device)
+    images, targets = make_batch(args, device)
     hf.eval()
     ours.eval()
     with torch.no_grad():
@@ -256,8 +278,8 @@ def build_postprocess(args: argparse.Namespace, device: torch.device, hf, ours) 
     ours.train()
     print(f"same weights: max |ours - hf| logits {float((mine['pred_logits'] - out.logits).abs().max()):.2e}, "
           f"masks {float((mine['pred_masks'] - out.pred_masks).abs().max()):.2e}")
-    logits = confident_logits(out.logits, args.kept, args.threshold)
-    masks = out.pred_masks.detach()
+    logits, chosen = confident_logits(out.logits, args.kept, args.threshold)
+    masks = region_masks(out.pred_masks, chosen, targets)
     scores, labels = logits.softmax(-1).max(-1)
     passing = ((labels != args.num_classes) & (scores > args.threshold)).sum(1).tolist()
     print(f"post-processing input: logits {tuple(logits.shape)}, masks {tuple(masks.shape)}, "

@@ -56,7 +56,8 @@ def loop_losses(main: dict, stage: dict, target: dict, i: int, samples: torch.Te
     labels = target["labels"][keep]
     real = [t for t in range(gt.shape[0]) if gt[t].sum() > 0]
     gt, labels = gt[real], labels[real]
-    labelled = (target["semantic"][::4, ::4] != 255).flatten().float()
+    crowd = target["masks"][target["iscrowd"]].any(0) if target["iscrowd"].any() else torch.zeros(H, W, dtype=torch.bool)
+    labelled = ((target["semantic"] != 255) & ~crowd)[::4, ::4].flatten().float()  # crowd is void
     p_main = main["pred_masks"][i].flatten(1).softmax(0)
     c_main = main["pred_logits"][i].softmax(-1)
     t_count = gt.shape[0]
@@ -111,7 +112,11 @@ def loop_losses(main: dict, stage: dict, target: dict, i: int, samples: torch.Te
 
 
 def loop_semantic(out: dict, target: dict, i: int) -> float:
-    sem = target["semantic"][::4, ::4]
+    sem = target["semantic"].clone()
+    for m, c in zip(target["masks"], target["iscrowd"]):
+        if c:
+            sem[m] = 255
+    sem = sem[::4, ::4]
     logits = out["semantic_logits"][i]
     total, count = 0.0, 0
     for y in range(sem.shape[0]):
@@ -120,6 +125,39 @@ def loop_semantic(out: dict, target: dict, i: int) -> float:
                 total += -float(logits[:, y, x].log_softmax(0)[sem[y, x]])
                 count += 1
     return total / max(count, 1)
+
+
+def loop_mask_average(stage: dict, target: dict, i: int, things: list[int], temp=0.3) -> float:
+    """Original MaX-DeepLab instance loss of image ``i``: thing pixels against segment mean features."""
+    keep = ~target["iscrowd"]
+    gt = target["masks"][keep][:, ::4, ::4].flatten(1).float()
+    labels = target["labels"][keep]
+    real = [t for t in range(gt.shape[0]) if gt[t].sum() > 0]
+    gt, labels = gt[real], labels[real]
+    feats = stage["pixel_features"][i].flatten(1)
+    centers = [torch.nn.functional.normalize(feats[:, gt[t] > 0].mean(1), dim=0) for t in range(gt.shape[0])]
+    total, count = 0.0, 0
+    for t in range(gt.shape[0]):
+        if int(labels[t]) not in things:
+            continue
+        for px in torch.nonzero(gt[t]).flatten().tolist():
+            sims = torch.stack([feats[:, px] @ c / temp for c in centers])
+            total += -float(sims.log_softmax(0)[t])
+            count += 1
+    return total / max(count, 1)
+
+
+def test_mask_average_instance_loss_equals_a_loop():
+    things = [0, 1, 2]
+    targets = [make_targets(20 + i, s, crowd=0 if i == 1 else -1) for i, s in enumerate((4, 3, 0))]
+    for t in targets:
+        t["is_thing"] = torch.tensor([int(c) in things for c in t["labels"]], dtype=torch.bool)
+    out = random_outputs(2, len(targets))
+    got = MaXDeepLabCriterion(K, sample_k=0)(out, targets)
+    for suffix, stage in [("", out), ("_0", out["aux_outputs"][0])]:
+        want = sum(loop_mask_average(stage, t, i, things) for i, t in enumerate(targets)) / len(targets)
+        assert got["loss_instance" + suffix].item() == pytest.approx(want, rel=1e-4)
+    assert got["loss_instance"].item() > 0
 
 
 @pytest.mark.parametrize("case", ["plain", "crowd_and_empty", "more_segments_than_slots"])

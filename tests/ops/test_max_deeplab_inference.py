@@ -58,7 +58,8 @@ def as_segments(pred) -> set:
             for s in pred["segments_info"]}
 
 
-@pytest.mark.parametrize("areas", [(0, 0), (6, 25)])
+# the smallest thing has 16 pixels and the smallest stuff segment 35: (16, 35) keeps them, (17, 36) drops them
+@pytest.mark.parametrize("areas", [(0, 0), (16, 35), (17, 36)])
 def test_panoptic_equals_a_per_pixel_loop(areas):
     logits, masks = outputs(0, 3, 12, 16)
     logits[2, :, :K] -= 20.0  # no slot kept in the last image: all void
@@ -70,6 +71,10 @@ def test_panoptic_equals_a_per_pixel_loop(areas):
         ids = set(torch.unique(preds[i]["panoptic_seg"]).tolist()) - {0}
         assert ids == {s["id"] for s in preds[i]["segments_info"]}
     assert not preds[2]["segments_info"] and (preds[2]["panoptic_seg"] == 0).all()
+    if areas == (17, 36):  # some segments were dropped and their pixels left void
+        full = max_deeplab_panoptic_inference(logits, masks, THINGS, thing_area=0, stuff_area=0)
+        assert len(preds[0]["segments_info"]) < len(full[0]["segments_info"])
+        assert (preds[0]["panoptic_seg"] == 0).sum() > (full[0]["panoptic_seg"] == 0).sum()
     for i in range(2):
         info = preds[i]["segments_info"]
         assert {s["isthing"] for s in info} == {True, False}  # things and stuff in each image
@@ -81,11 +86,11 @@ def test_semantic_equals_a_per_pixel_loop():
     logits, masks = outputs(1, 2, 6, 7)
     got = max_deeplab_semantic_inference(logits, masks)
     for i in range(2):
-        cls = logits[i].softmax(-1)[:, :K]
         for y in range(6):
             for x in range(7):
-                score = [(cls[:, k] * masks[i, :, y, x].softmax(0)).sum() for k in range(K)]
-                assert int(got[i][y, x]) == int(torch.stack(score).argmax())
+                slot = max(range(N), key=lambda n: float(masks[i, n, y, x]))
+                best = max(range(K), key=lambda k: float(logits[i, slot, k]))
+                assert int(got[i][y, x]) == best
 
 
 def test_batched_equals_one_image_at_a_time_at_other_sizes():

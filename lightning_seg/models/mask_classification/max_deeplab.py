@@ -73,6 +73,8 @@ class MaXDeepLab(nn.Module):
         head_channels: hidden channels of the pixel and semantic heads.
         void_prior: void-class probability of the class head at initialisation (0.9).
         dropout: attention / residual dropout.
+        aux_heads: build the earlier stages' pixel heads (deep supervision); without them
+            ``aux_outputs`` is always empty.
         **backbone_args: ``backbone``, ``backbone_source``, ``pretrained``, ``frozen_stages``,
             ``freeze_bn``, ``backbone_kwargs``, ``output_stride``: see
             :func:`~lightning_seg.models.backbone.build_backbone` (features at strides 4..16
@@ -99,6 +101,7 @@ class MaXDeepLab(nn.Module):
         head_channels: int = 256,
         void_prior: float = 0.9,
         dropout: float = 0.0,
+        aux_heads: bool = True,
         **backbone_args: Any,
     ) -> None:
         super().__init__()
@@ -138,8 +141,9 @@ class MaXDeepLab(nn.Module):
         self.mask_feature = nn.Sequential(nn.Linear(memory_dim, memory_dim), nn.ReLU(inplace=True))
         self.mask_kernel = nn.Linear(memory_dim, embed_dim, bias=False)
         self.mask_kernel_norm = nn.BatchNorm1d(embed_dim)
-        self.pixel_heads = nn.ModuleList(PixelSpaceHead(c, head_channels, embed_dim) for c in pixel_dims)
-        self.mask_logit_norms = nn.ModuleList(nn.BatchNorm2d(1) for _ in pixel_dims)
+        head_dims = list(pixel_dims) if aux_heads else [pixel_dims[-1]]
+        self.pixel_heads = nn.ModuleList(PixelSpaceHead(c, head_channels, embed_dim) for c in head_dims)
+        self.mask_logit_norms = nn.ModuleList(nn.BatchNorm2d(1) for _ in head_dims)
         for bn in self.mask_logit_norms:  # a low starting temperature of the slot softmax
             nn.init.constant_(bn.weight, 0.1)
         self.semantic_head = nn.Sequential(conv_bn_relu(p4, head_channels, 3), nn.Conv2d(head_channels, num_classes, 1))
@@ -164,6 +168,7 @@ class MaXDeepLab(nn.Module):
         return [n for n, _ in self.named_parameters() if n.startswith(("class_head.", "semantic_head.1."))]
 
     def _predict(self, stage: int, pixels: Tensor, memory: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:
+        stage = stage - (len(self.stages) - len(self.pixel_heads))  # heads of the last stages only
         if pixels.shape[-2:] != size:
             pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
         features = self.pixel_heads[stage](pixels)  # [B, D, h, w]
@@ -175,8 +180,9 @@ class MaXDeepLab(nn.Module):
         return {"pred_logits": self.class_head(self.class_feature(memory)), "pred_masks": logits,
                 "pixel_features": features}
 
-    def forward(self, images: Tensor) -> dict[str, Any]:
-        """Predict slots' classes and masks (see the class docstring for the outputs)."""
+    def forward(self, images: Tensor, with_aux: bool = True) -> dict[str, Any]:
+        """Predict slots' classes and masks (see the class docstring for the outputs); ``with_aux``
+        false skips the earlier stages' heads (``aux_outputs`` is then empty)."""
         feats = self.backbone(images)
         f4, f8, f16 = (feats[i] for i in self._levels)
         pixels = self.input_proj(f16)
@@ -196,7 +202,8 @@ class MaXDeepLab(nn.Module):
                 pixels = F.relu(lateral + up)
             for blk in blocks:
                 pixels, memory = blk(pixels, memory)
-            outputs.append(self._predict(stage, pixels, memory, size))
+            if stage == len(self.stages) - 1 or (with_aux and len(self.pixel_heads) == len(self.stages)):
+                outputs.append(self._predict(stage, pixels, memory, size))
         out = dict(outputs[-1])
         out["semantic_logits"] = self.semantic_head(pixels)
         out["aux_outputs"] = outputs[:-1]
