@@ -71,8 +71,10 @@ def detr_panoptic_inference(
             first = torch.full((k,), alive.numel(), dtype=torch.int64, device=alive.device)
             first.scatter_reduce_(0, lab, torch.arange(alive.numel(), device=alive.device), reduce="amin")
             seg = torch.where(is_thing[lab], torch.arange(alive.numel(), device=alive.device), first[lab])
-            owner = seg[resized_argmax(pred_masks[i, alive], padded_size, image_sizes[i], (h0, w0), band_budget)]
-            area = torch.bincount(owner.flatten(), minlength=alive.numel())
+            query = resized_argmax(pred_masks[i, alive], padded_size, image_sizes[i], (h0, w0), band_budget)
+            # pixels per segment from pixels per query, without a second pass over the pixels
+            per_query = torch.bincount(query.flatten(), minlength=alive.numel())
+            area = torch.zeros_like(per_query).scatter_add_(0, seg, per_query)
             small = area[seg] <= min_area
             if bool(small.any()):
                 alive = alive[~small]
@@ -80,7 +82,7 @@ def detr_panoptic_inference(
             # segment ids 1..S in query order of the segments' representatives
             is_rep = seg == torch.arange(alive.numel(), device=alive.device)
             new_id = torch.cumsum(is_rep.long(), 0) * is_rep
-            ids = new_id[owner].to(torch.int32)
+            ids = new_id[seg].to(torch.int32)[query]  # one gather over the pixels
             best = torch.zeros(alive.numel(), device=alive.device).scatter_reduce_(0, seg, scores[i, alive], "amax")
             reps = torch.nonzero(is_rep).squeeze(1)
             lab_r = lab[reps]
