@@ -329,3 +329,37 @@ def test_num_masks_is_averaged_across_ranks(tmp_path):
         out = manager.dict()
         mp.spawn(_num_masks_worker, args=(str(tmp_path / "init"), [4, 1], out), nprocs=2, join=True)
         assert dict(out) == {0: 2.5, 1: 2.5}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_detr_box_matching_equals_a_per_image_scipy_loop(seed):
+    """DETR's matcher (class 1, L1 box 5, GIoU 2) for the whole batch = scipy per image on the same costs."""
+    from scipy.optimize import linear_sum_assignment
+    from torchvision.ops import box_convert, generalized_box_iou
+
+    from lightning_seg.losses.set_targets import pad_targets
+
+    k = 4
+    out, targets = _detr_problem(seed, num_targets=(3, 0, 6, 7), q=7, k=k)
+    crit = SetCriterion(num_classes=k, losses=["labels", "boxes"], class_weight=1.0, bbox_weight=5.0, giou_weight=2.0)
+    padded = pad_targets(targets, k, with_boxes=True)
+    contexts = {name: term.prepare(padded) for name, term in crit.terms.items()}
+    matching = crit.match(out, padded, contexts)
+    for i, t in enumerate(targets):
+        n = len(t["labels"])
+        h, w = t["image_size"]
+        got = {(int(p), int(matching.target_for_pred[i, p])) for p in range(7) if matching.target_for_pred[i, p] >= 0}
+        if n == 0:
+            assert got == set()
+            continue
+        tgt = box_convert(t["boxes"] / torch.tensor([w, h, w, h]), "xyxy", "cxcywh")
+        prob = out["pred_logits"][i].softmax(-1)
+        cost = torch.zeros(7, n)
+        for p in range(7):
+            for j in range(n):
+                l1 = (out["pred_boxes"][i, p] - tgt[j]).abs().sum()
+                giou = generalized_box_iou(box_convert(out["pred_boxes"][i, p : p + 1], "cxcywh", "xyxy"),
+                                           box_convert(tgt[j : j + 1], "cxcywh", "xyxy"))[0, 0]
+                cost[p, j] = -prob[p, t["labels"][j]] + 5 * l1 - 2 * giou
+        rows, cols = linear_sum_assignment(cost.numpy())
+        assert got == {(int(r), int(c)) for r, c in zip(rows, cols)}

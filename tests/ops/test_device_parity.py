@@ -340,3 +340,43 @@ def test_dense_instance_ops_and_models_on_cuda():
             assert torch.equal(x["labels"], y["labels"].cpu())
             torch.testing.assert_close(x["scores"], y["scores"].cpu(), rtol=1e-3, atol=1e-4)
             assert (x["masks"] == y["masks"].cpu()).float().mean() > 0.99
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: MaX-DeepLab's criterion and inference have no "
+                    "device-dependent settings, so a CPU run would compare one path with itself")
+def test_max_deeplab_criterion_and_inference_on_cuda():
+    from lightning_seg.losses import MaXDeepLabCriterion
+    from lightning_seg.ops import max_deeplab_panoptic_inference, max_deeplab_semantic_inference
+
+    g = torch.Generator().manual_seed(0)
+    b, n, h, w = 2, 7, 8, 10
+    out = {"pred_logits": torch.randn(b, n, K + 1, generator=g) * 2, "pred_masks": torch.randn(b, n, h, w, generator=g),
+           "pixel_features": torch.nn.functional.normalize(torch.randn(b, 6, h, w, generator=g), dim=1),
+           "semantic_logits": torch.randn(b, K, h, w, generator=g)}
+    targets = []
+    for i in range(b):
+        masks = torch.zeros(3, 4 * h, 4 * w, dtype=torch.bool)
+        masks[0, :12], masks[1, 12:, :20], masks[2, 12:, 20:] = True, True, True
+        semantic = torch.full((4 * h, 4 * w), 255)
+        labels = torch.tensor([i, 2, 3])
+        for m, c in zip(masks, labels):
+            semantic[m] = c
+        targets.append({"masks": masks, "labels": labels, "semantic": semantic,
+                        "is_thing": torch.tensor([True, True, False])})
+    for sample_k in (0, 40):  # the mask-averaged form, then the sampled one on the same Gumbel draws
+        crit = MaXDeepLabCriterion(K, sample_k=sample_k)
+        cpu = crit(out, targets, generator=torch.Generator().manual_seed(1))
+        gpu = crit({k: v.cuda() for k, v in out.items()}, [{k: v.cuda() for k, v in t.items()} for t in targets],
+                   generator=torch.Generator().manual_seed(1))
+        for key, value in cpu.items():
+            torch.testing.assert_close(gpu[key].cpu(), value, rtol=1e-4, atol=1e-5)
+    logits, masks = out["pred_logits"], out["pred_masks"] * 4
+    a = max_deeplab_panoptic_inference(logits, masks, [0, 1], class_threshold=0.3, thing_area=2, stuff_area=4)
+    c = max_deeplab_panoptic_inference(logits.cuda(), masks.cuda(), [0, 1], class_threshold=0.3, thing_area=2,
+                                       stuff_area=4)
+    for x, y in zip(a, c):
+        assert torch.equal(x["panoptic_seg"], y["panoptic_seg"].cpu())
+        assert [s["category_id"] for s in x["segments_info"]] == [s["category_id"] for s in y["segments_info"]]
+    for x, y in zip(max_deeplab_semantic_inference(logits, masks), max_deeplab_semantic_inference(logits.cuda(),
+                                                                                                    masks.cuda())):
+        assert torch.equal(x, y.cpu())
