@@ -346,7 +346,10 @@ def test_dense_instance_ops_and_models_on_cuda():
                     "device-dependent settings, so a CPU run would compare one path with itself")
 def test_max_deeplab_criterion_and_inference_on_cuda():
     from lightning_seg.losses import MaXDeepLabCriterion
-    from lightning_seg.ops import max_deeplab_panoptic_inference, max_deeplab_semantic_inference
+    from lightning_seg.ops import (
+        max_deeplab_panoptic_inference,
+        max_deeplab_semantic_inference,
+    )
 
     g = torch.Generator().manual_seed(0)
     b, n, h, w = 2, 7, 8, 10
