@@ -11,6 +11,7 @@ import pytest
 LIGHTNING_FREE = [
     "lightning_seg.structures", "lightning_seg.ops", "lightning_seg.losses", "lightning_seg.metrics",
     "lightning_seg.models", "lightning_seg.data", "lightning_seg.evaluation", "lightning_seg.evaluation.cli",
+    "lightning_seg.classic",
 ]
 PROBE = (
     "import importlib, sys; importlib.import_module(sys.argv[1]); "

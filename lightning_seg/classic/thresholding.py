@@ -1,0 +1,146 @@
+"""Otsu and multi-level Otsu thresholds of grey-level images, batched with one histogram per image.
+
+The rules are scikit-image's ``threshold_otsu`` / ``threshold_multiotsu`` on integer images:
+one bin per grey level, Otsu's threshold is the level ``t`` maximising the between-class
+variance ``w1(t) w2(t+1) (m1(t) - m2(t+1))^2`` of the classes ``<= t`` and ``> t`` (the first
+such level), the multi-level thresholds maximise ``sum_c S_c^2 / P_c`` over the classes' pixel
+mass ``P`` and first moment ``S`` (the first maximum in lexicographic order). Levels outside an
+image's ``[min, max]`` have no pixels and are never chosen. Computed in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["grey_levels", "level_histograms", "multi_otsu_thresholds", "otsu_thresholds", "threshold_classes"]
+
+
+def grey_levels(images: torch.Tensor, channel: int | None = None) -> torch.Tensor:
+    """Grey levels of RGB images: uint8 ``[B, 3, H, W]`` -> int64 ``[B, H, W]`` in ``[0, 255]``.
+
+    ``channel`` picks one channel; ``None`` uses ITU-R 601 luma ``0.299 R + 0.587 G + 0.114 B``,
+    rounded.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"grey_levels: images must be [B, 3, H, W], got {tuple(images.shape)}")
+    if channel is not None:
+        if not 0 <= channel < 3:
+            raise ValueError(f"grey_levels: channel must be 0, 1 or 2, got {channel}")
+        return images[:, channel].long()
+    x = images.double()
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).round().clamp(0, 255).long()
+
+
+def level_histograms(levels: torch.Tensor, num_levels: int = 256, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixel count of every grey level in every image, in one ``bincount``.
+
+    Args:
+        levels: int64 ``[B, H, W]`` in ``[0, num_levels)``.
+        num_levels: ``L``.
+        valid: optional bool ``[B, H, W]``; only these pixels are counted (padding excluded).
+
+    Returns:
+        float64 ``[B, L]``.
+    """
+    b = levels.shape[0]
+    if levels.numel() and (int(levels.min()) < 0 or int(levels.max()) >= num_levels):
+        raise ValueError(f"level_histograms: levels must lie in [0, {num_levels}), got "
+                         f"[{int(levels.min())}, {int(levels.max())}]")
+    flat = levels.reshape(b, -1) + torch.arange(b, device=levels.device)[:, None] * num_levels
+    weights = None if valid is None else valid.reshape(b, -1).double().flatten()
+    counts = torch.bincount(flat.flatten(), weights=weights, minlength=b * num_levels)
+    return counts.double().view(b, num_levels)
+
+
+def otsu_thresholds(hist: torch.Tensor) -> torch.Tensor:
+    """Otsu's threshold of each histogram (the module docstring's rule).
+
+    Args:
+        hist: float ``[B, L]`` pixel counts per level.
+
+    Returns:
+        int64 ``[B]`` levels: pixels ``> t`` are the upper class. An image of one level returns
+        that level.
+    """
+    counts = hist.double()
+    levels = torch.arange(counts.shape[1], dtype=torch.float64, device=counts.device)
+    w1 = counts.cumsum(1)
+    w2 = counts.flip(1).cumsum(1).flip(1)
+    s1 = (counts * levels).cumsum(1)
+    s2 = (counts * levels).flip(1).cumsum(1).flip(1)
+    m1 = s1 / w1.clamp(min=1e-300)
+    m2 = s2 / w2.clamp(min=1e-300)
+    var = w1[:, :-1] * w2[:, 1:] * (m1[:, :-1] - m2[:, 1:]) ** 2
+    var = torch.where((w1[:, :-1] > 0) & (w2[:, 1:] > 0), var, -1.0)
+    t = var.argmax(1)
+    single = (counts > 0).sum(1) <= 1
+    return torch.where(single, (counts > 0).long().argmax(1), t)
+
+
+def multi_otsu_thresholds(hist: torch.Tensor, classes: int = 3, chunk_elements: int = 1 << 24) -> torch.Tensor:
+    """Multi-level Otsu thresholds of each histogram, by exhaustive search over level tuples.
+
+    Args:
+        hist: float ``[B, L]`` pixel counts per level.
+        classes: number of classes (2 to 4; ``classes - 1`` thresholds).
+        chunk_elements: scores computed at once (bounds memory).
+
+    Returns:
+        int64 ``[B, classes - 1]`` increasing levels ``t_1 < t_2 < ...``: class ``c`` holds the
+        levels in ``(t_c, t_{c+1}]``.
+
+    Raises:
+        ValueError: naming the image that has fewer distinct levels than ``classes``.
+    """
+    if not 2 <= classes <= 4:
+        raise ValueError(f"multi_otsu_thresholds: classes must be 2, 3 or 4, got {classes}")
+    counts = hist.double()
+    b, n = counts.shape
+    present = counts > 0
+    few = present.sum(1) < classes
+    if bool(few.any()):
+        i = int(few.nonzero()[0])
+        raise ValueError(f"multi_otsu_thresholds: image {i} has {int(present[i].sum())} distinct levels, "
+                         f"fewer than classes={classes}")
+    prob = counts / counts.sum(1, keepdim=True)
+    levels = torch.arange(n, dtype=torch.float64, device=counts.device)
+    mass = torch.cat([prob.new_zeros(b, 1), prob.cumsum(1)], 1)  # mass[:, j] = P(levels < j)
+    moment = torch.cat([prob.new_zeros(b, 1), (prob * levels).cumsum(1)], 1)
+    # every (t_1 < ... < t_m) over levels 0..n-2; class c spans levels (t_{c-1}, t_c]
+    combos = torch.combinations(torch.arange(n - 1, device=counts.device), r=classes - 1)  # [C, m]
+    best = prob.new_full((b,), -2.0)
+    best_idx = torch.zeros(b, dtype=torch.long, device=counts.device)
+    # chunks of tuples bound the [B, chunk] scores (4 classes of 256 levels: 2.7 M tuples)
+    step = max(1, chunk_elements // max(b, 1))
+    for start in range(0, combos.shape[0], step):
+        part = combos[start : start + step]
+        bounds = torch.cat([part.new_full((part.shape[0], 1), -1), part,
+                            part.new_full((part.shape[0], 1), n - 1)], 1) + 1  # exclusive class ends
+        score = prob.new_zeros(b, part.shape[0])
+        nonempty = torch.ones_like(score, dtype=torch.bool)
+        for c in range(classes):
+            lo, hi = bounds[:, c], bounds[:, c + 1]
+            p = mass[:, hi] - mass[:, lo]
+            s = moment[:, hi] - moment[:, lo]
+            score += torch.where(p > 0, s * s / p.clamp(min=1e-300), 0.0)
+            # a threshold inside a gap of empty levels only renames a class: keep every class non-empty
+            nonempty &= p > 0
+        score = torch.where(nonempty, score, -1.0)
+        value, idx = score.max(1)
+        better = value > best  # strictly: the first maximum over all tuples, as scikit-image
+        best = torch.where(better, value, best)
+        best_idx = torch.where(better, idx + start, best_idx)
+    return combos[best_idx]
+
+
+def threshold_classes(levels: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Class of every pixel: the number of thresholds below its level.
+
+    Args:
+        levels: int64 ``[B, H, W]``; thresholds: int64 ``[B]`` or ``[B, m]`` (increasing).
+
+    Returns:
+        int64 ``[B, H, W]`` in ``[0, m]``.
+    """
+    t = thresholds.view(thresholds.shape[0], -1, 1, 1)
+    return (levels[:, None] > t).sum(1)
