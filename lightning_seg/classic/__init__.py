@@ -1,5 +1,5 @@
-"""Classic (non-learned) segmentation baselines: Otsu thresholds, k-means on pixel features, and
-the scoring of unsupervised segments against classes."""
+"""Classic (non-learned) segmentation baselines: Otsu thresholds, seeded region growing, marker
+watershed, k-means on pixel features, and the scoring of unsupervised segments against classes."""
 
 from lightning_seg.classic.cluster_assignment import (
     assign_clusters_to_classes,
@@ -12,6 +12,11 @@ from lightning_seg.classic.kmeans import (
     lloyd_kmeans,
     pixel_features,
 )
+from lightning_seg.classic.region_growing import (
+    gradient_minima_seeds,
+    grid_seeds,
+    region_growing,
+)
 from lightning_seg.classic.thresholding import (
     grey_levels,
     level_histograms,
@@ -19,12 +24,23 @@ from lightning_seg.classic.thresholding import (
     otsu_thresholds,
     threshold_classes,
 )
+from lightning_seg.classic.watershed import (
+    distance_peak_markers,
+    gradient_magnitude,
+    h_minima_markers,
+    watershed_segments,
+)
 
 __all__ = [
     "KMeansResult",
     "assign_clusters_to_classes",
     "cluster_confusion",
+    "distance_peak_markers",
+    "gradient_magnitude",
+    "gradient_minima_seeds",
     "grey_levels",
+    "grid_seeds",
+    "h_minima_markers",
     "kmeans_plus_plus",
     "level_histograms",
     "lloyd_kmeans",
@@ -32,5 +48,7 @@ __all__ = [
     "multi_otsu_thresholds",
     "otsu_thresholds",
     "pixel_features",
+    "region_growing",
     "threshold_classes",
+    "watershed_segments",
 ]

@@ -1,0 +1,74 @@
+"""Marker-based watershed on the gradient magnitude, with markers from distance-transform peaks or
+h-minima; scikit-image's ``watershed`` is the implementation (a CPU step, once per image of a
+batch), so its results are scikit-image's by construction."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+__all__ = ["distance_peak_markers", "gradient_magnitude", "h_minima_markers", "watershed_segments"]
+
+
+def gradient_magnitude(levels: torch.Tensor) -> torch.Tensor:
+    """Sobel gradient magnitude of grey levels float or int ``[B, H, W]`` -> float64 ``[B, H, W]``
+    (scikit-image's ``filters.sobel``)."""
+    from skimage.filters import sobel
+
+    return torch.stack([torch.from_numpy(sobel(lv.double().cpu().numpy())) for lv in levels]).to(levels.device)
+
+
+def h_minima_markers(gradient: torch.Tensor, h: float) -> torch.Tensor:
+    """Markers at the regional minima of depth at least ``h`` (``skimage.morphology.h_minima``),
+    each connected minimum its own label: float ``[B, H, W]`` -> int64 ``[B, H, W]`` (0 = none)."""
+    from scipy import ndimage
+    from skimage.morphology import h_minima
+
+    out = [ndimage.label(h_minima(g.cpu().numpy(), h))[0] for g in gradient]
+    return torch.from_numpy(np.stack(out)).long().to(gradient.device)
+
+
+def distance_peak_markers(foreground: torch.Tensor, min_distance: int = 5) -> torch.Tensor:
+    """Markers at the peaks of the Euclidean distance to the background of a binary image
+    (``skimage.feature.peak_local_max`` on ``scipy.ndimage.distance_transform_edt``), one label per
+    peak: bool ``[B, H, W]`` -> int64 ``[B, H, W]`` (0 = none)."""
+    from scipy import ndimage
+    from skimage.feature import peak_local_max
+
+    out = []
+    for fg in foreground:
+        dist = ndimage.distance_transform_edt(fg.cpu().numpy())
+        peaks = peak_local_max(dist, min_distance=min_distance, labels=fg.cpu().numpy().astype(np.int32))
+        m = np.zeros(dist.shape, dtype=np.int64)
+        m[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+        out.append(m)
+    return torch.from_numpy(np.stack(out)).to(foreground.device)
+
+
+def watershed_segments(elevation: torch.Tensor, markers: torch.Tensor, connectivity: Literal[1, 2] = 1,
+                       compactness: float = 0.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Flood ``elevation`` from ``markers`` (``skimage.segmentation.watershed``), per image.
+
+    Args:
+        elevation: float ``[B, H, W]`` (e.g. :func:`gradient_magnitude`).
+        markers: int64 ``[B, H, W]``, 0 where the label is to be found.
+        connectivity: 1 (4-neighbours) or 2 (8-neighbours).
+        compactness: > 0 gives compact watershed (more regular basins).
+        mask: optional bool ``[B, H, W]``; pixels outside stay 0.
+
+    Returns:
+        int64 ``[B, H, W]`` basin labels (the markers' values).
+    """
+    from skimage.segmentation import watershed
+
+    if elevation.shape != markers.shape:
+        raise ValueError(f"watershed_segments: elevation {tuple(elevation.shape)} and markers "
+                         f"{tuple(markers.shape)} differ")
+    out = []
+    for i in range(elevation.shape[0]):
+        m = None if mask is None else mask[i].cpu().numpy()
+        out.append(watershed(elevation[i].cpu().numpy(), markers[i].cpu().numpy(), connectivity=connectivity,
+                             compactness=compactness, mask=m))
+    return torch.from_numpy(np.stack(out)).long().to(elevation.device)
