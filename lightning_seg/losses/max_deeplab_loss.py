@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from ..ops.matching import hungarian_match
 from ..structures import IGNORE_INDEX
 from .set_targets import pad_targets
+from .term_weights import TermWeights
 
 __all__ = ["MaXDeepLabCriterion", "MaXDeepLabTargets", "instance_discrimination_loss", "mask_average_instance_loss",
            "sample_pixels_by_inverse_area", "strided_downsample"]
@@ -165,7 +166,7 @@ def mask_average_instance_loss(features: Tensor, one_hot: Tensor, valid: Tensor,
     return (own * weight).sum(-1) / weight.sum(-1).clamp(min=1.0)
 
 
-class MaXDeepLabCriterion(nn.Module):
+class MaXDeepLabCriterion(TermWeights, nn.Module):
     """MaX-DeepLab's losses (see the module docstring) for a batch.
 
     Args:
@@ -211,21 +212,6 @@ class MaXDeepLabCriterion(nn.Module):
                         "loss_instance": instance_weight, "loss_semantic": semantic_weight}
         if not any(self.weights.values()):
             raise ValueError("MaXDeepLabCriterion: the loss weights cannot all be 0")
-
-    def weight_of(self, name: str) -> float:
-        """Weight of a term by name (``loss_mask_id`` or ``loss_mask_id_1``)."""
-        for base, w in self.weights.items():
-            if name == base or (name.startswith(base + "_") and name[len(base) + 1 :].isdigit()):
-                return w
-        raise KeyError(f"unknown loss term {name!r}; terms are {tuple(self.weights)} with optional _<stage>")
-
-    def weighted(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Each term times its weight (same keys)."""
-        return {k: self.weight_of(k) * v for k, v in losses.items()}
-
-    def total(self, losses: Mapping[str, Tensor]) -> Tensor:
-        """Weighted sum of the terms (float32 scalar)."""
-        return sum(self.weighted(losses).values())  # type: ignore[return-value]
 
     def prepare_targets(self, targets: Sequence[Mapping[str, Any]], size: tuple[int, int],
                         semantic_size: tuple[int, int] | None, device: torch.device) -> MaXDeepLabTargets:

@@ -29,7 +29,15 @@ from torch import nn
 
 from ..ops.matching import Matching, hungarian_match
 from .set_targets import PaddedTargets, pad_targets
-from .set_terms import BoxesTerm, DenseMasksTerm, LabelsTerm, Pairs, PointMasksTerm, SharedDraws
+from .set_terms import (
+    BoxesTerm,
+    DenseMasksTerm,
+    LabelsTerm,
+    Pairs,
+    PointMasksTerm,
+    SharedDraws,
+)
+from .term_weights import TermWeights
 
 __all__ = ["SetCriterion", "SharedDraws", "average_num_masks"]
 
@@ -52,7 +60,7 @@ def average_num_masks(num_local: torch.Tensor) -> torch.Tensor:
     return num.clamp(min=1.0)
 
 
-class SetCriterion(nn.Module):
+class SetCriterion(TermWeights, nn.Module):
     """Hungarian-matched loss of query-based models with deep supervision, by loss term.
 
     Args:
@@ -142,21 +150,6 @@ class SetCriterion(nn.Module):
         self.weights = {n: all_weights[n] for term in self.terms.values() for n in term.loss_names}
         if not any(self.weights.values()):
             raise ValueError(f"SetCriterion: the weights of {sorted(self.weights)} cannot all be 0")
-
-    def weight_of(self, name: str) -> float:
-        """Weight of a loss term by name (``loss_dice`` or ``loss_dice_3`` → dice weight)."""
-        for base, w in self.weights.items():
-            if name == base or (name.startswith(base + "_") and name[len(base) + 1 :].isdigit()):
-                return w
-        raise KeyError(f"unknown loss term {name!r}; terms are {tuple(self.weights)} with optional _<layer>")
-
-    def weighted(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Each term of :meth:`forward` times its weight (same keys)."""
-        return {k: self.weight_of(k) * v for k, v in losses.items()}
-
-    def total(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Weighted sum of the terms returned by :meth:`forward` (float32 scalar)."""
-        return sum(self.weighted(losses).values())  # type: ignore[return-value]
 
     def forward(
         self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Any]]

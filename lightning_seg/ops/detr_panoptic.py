@@ -18,7 +18,13 @@ from collections.abc import Sequence
 import torch
 
 from ..structures import PanopticPrediction
-from .mask_inference import panoptic_predictions, resized_argmax, thing_mask
+from .mask_inference import (
+    panoptic_predictions,
+    resized_argmax,
+    segment_rows,
+    stuff_merged_segments,
+    thing_mask,
+)
 
 __all__ = ["detr_panoptic_inference"]
 
@@ -67,10 +73,7 @@ def detr_panoptic_inference(
         ids = torch.zeros(h0, w0, dtype=torch.int32, device=pred_logits.device)
         while alive.numel():
             lab = labels[i, alive]
-            # a query's segment: itself for things, the first kept query of its class for stuff
-            first = torch.full((k,), alive.numel(), dtype=torch.int64, device=alive.device)
-            first.scatter_reduce_(0, lab, torch.arange(alive.numel(), device=alive.device), reduce="amin")
-            seg = torch.where(is_thing[lab], torch.arange(alive.numel(), device=alive.device), first[lab])
+            seg = stuff_merged_segments(lab, is_thing, k)
             query = resized_argmax(pred_masks[i, alive], padded_size, image_sizes[i], (h0, w0), band_budget)
             # pixels per segment from pixels per query, without a second pass over the pixels
             per_query = torch.bincount(query.flatten(), minlength=alive.numel())
@@ -83,11 +86,7 @@ def detr_panoptic_inference(
             is_rep = seg == torch.arange(alive.numel(), device=alive.device)
             new_id = torch.cumsum(is_rep.long(), 0) * is_rep
             ids = new_id[seg].to(torch.int32)[query]  # one gather over the pixels
-            best = torch.zeros(alive.numel(), device=alive.device).scatter_reduce_(0, seg, scores[i, alive], "amax")
-            reps = torch.nonzero(is_rep).squeeze(1)
-            lab_r = lab[reps]
-            rows.append(torch.stack([torch.full_like(best[reps], i), new_id[reps].float(), lab_r.float(),
-                                     is_thing[lab_r].float(), best[reps], torch.ones_like(best[reps])], 1).double())
+            rows.append(segment_rows(i, seg, new_id, lab, is_thing, scores[i, alive], is_rep))
             break
         maps.append(ids)
     return panoptic_predictions(maps, rows)

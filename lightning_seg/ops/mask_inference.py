@@ -37,6 +37,8 @@ __all__ = [
     "band_budget_for",
     "resized_argmax",
     "panoptic_predictions",
+    "segment_rows",
+    "stuff_merged_segments",
     "binary_masks_at_size",
 ]
 
@@ -411,6 +413,43 @@ def panoptic_inference(
         )
         seg_rows.append(rows_i)
     return panoptic_predictions(maps, seg_rows)
+
+
+def stuff_merged_segments(labels: torch.Tensor, is_thing: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The segment of each kept query: itself for a thing, the first kept query of its class for stuff.
+
+    Args:
+        labels: int64 ``[M]`` classes of the kept queries; is_thing: bool ``[K]``; num_classes: ``K``.
+
+    Returns:
+        int64 ``[M]`` index (into the kept queries) of each query's segment representative.
+    """
+    m = labels.numel()
+    order = torch.arange(m, device=labels.device)
+    first = torch.full((num_classes,), m, dtype=torch.long, device=labels.device)
+    first.scatter_reduce_(0, labels, order, reduce="amin")
+    return torch.where(is_thing[labels], order, first[labels])
+
+
+def segment_rows(image: int, seg: torch.Tensor, new_id: torch.Tensor, labels: torch.Tensor, is_thing: torch.Tensor,
+                 scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """:func:`panoptic_predictions` rows of one image's segments.
+
+    Args:
+        image: the image's index in the batch.
+        seg: int64 ``[M]`` representative of each kept query (:func:`stuff_merged_segments`).
+        new_id: int64 ``[M]`` segment id of each representative (others unused).
+        labels: int64 ``[M]``; is_thing: bool ``[K]``; scores: float ``[M]`` class scores.
+        keep: bool ``[M]`` the representatives whose segments are reported.
+
+    Returns:
+        float64 ``[R, 6]``: one row per kept representative, its segment's score the best of its queries'.
+    """
+    best = torch.zeros(seg.numel(), device=seg.device).scatter_reduce_(0, seg, scores.float(), "amax")
+    reps = torch.nonzero(keep).squeeze(1)
+    lab = labels[reps]
+    return torch.stack([torch.full_like(best[reps], image), new_id[reps].float(), lab.float(), is_thing[lab].float(),
+                        best[reps], torch.ones_like(best[reps])], 1).double()
 
 
 def panoptic_predictions(

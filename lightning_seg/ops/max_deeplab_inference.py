@@ -25,6 +25,8 @@ from .mask_inference import (
     band_budget_for,
     panoptic_predictions,
     resized_argmax,
+    segment_rows,
+    stuff_merged_segments,
     thing_mask,
 )
 from .mask_resize import resize_height, resize_width, row_bands
@@ -75,43 +77,35 @@ def max_deeplab_panoptic_inference(
     scores, labels = pred_logits.float().softmax(-1)[..., :k].max(-1)  # [B, N]
     keep = scores >= class_threshold
     maps, rows = [], []
+    # one image at a time: each has its own output size (the ops of lightning_seg.ops.mask_inference do the same)
     for i in range(b):
         h0, w0 = origs[i]
         alive = torch.nonzero(keep[i]).squeeze(1)
-        owner = torch.full((h0, w0), -1, dtype=torch.long, device=dev)  # index into alive, -1 = void
-        if alive.numel():
-            ty, tx = _taps(pred_masks, padded, images[i], origs[i])
-            wide = resize_width(pred_masks[i].float(), tx)  # [N, h, W0]
-            kept = torch.zeros(n, dtype=torch.bool, device=dev)
-            kept[alive] = True
-            for band in row_bands(h0, n * w0, band_budget):
-                logit = resize_height(wide, ty, band)  # [N, r, W0]
-                best_all = logit.max(0).values
-                kl = logit[alive]
-                best, idx = kl.max(0)
-                confidence = 1.0 / torch.exp(kl - best).sum(0)  # softmax over the kept slots at the argmax
-                ok = (confidence > pixel_threshold) & (best >= best_all)
-                owner[band] = torch.where(ok, idx, -1)
         m = alive.numel()
+        if m == 0:
+            maps.append(torch.zeros(h0, w0, dtype=torch.int32, device=dev))
+            continue
+        owner = torch.empty(h0, w0, dtype=torch.long, device=dev)  # index into alive, -1 = void
+        ty, tx = _taps(pred_masks, padded, images[i], origs[i])
+        wide = resize_width(pred_masks[i].float(), tx)  # [N, h, W0]
+        for band in row_bands(h0, n * w0, band_budget):
+            logit = resize_height(wide, ty, band)  # [N, r, W0]
+            best_all = logit.max(0).values
+            kl = logit[alive]
+            best, idx = kl.max(0)
+            confidence = 1.0 / torch.exp(kl - best).sum(0)  # softmax over the kept slots at the argmax
+            ok = (confidence > pixel_threshold) & (best >= best_all)
+            owner[band] = torch.where(ok, idx, -1)
         lab = labels[i, alive]
-        # a slot's segment: itself for things, the first kept slot of its class for stuff
-        first = torch.full((k,), m, dtype=torch.long, device=dev)
-        first.scatter_reduce_(0, lab, torch.arange(m, device=dev), reduce="amin")
-        seg = torch.where(is_thing[lab], torch.arange(m, device=dev), first[lab])
-        seg_map = torch.where(owner >= 0, seg[owner.clamp(min=0)] if m else owner, -1)
-        area = torch.bincount(seg_map[seg_map >= 0], minlength=m) if m else owner.new_zeros(0)
+        seg = stuff_merged_segments(lab, is_thing, k)
+        seg_map = torch.where(owner >= 0, seg[owner.clamp(min=0)], -1)
+        area = torch.bincount(seg_map[seg_map >= 0], minlength=m)
         is_rep = seg == torch.arange(m, device=dev)
         limit = torch.where(is_thing[lab], thing_area, stuff_area)
         survives = is_rep & (area >= limit) & (area > 0)
         new_id = torch.cumsum(survives.long(), 0) * survives
-        ids = torch.where(seg_map >= 0, new_id[seg_map.clamp(min=0)] if m else seg_map, 0).to(torch.int32)
-        maps.append(ids)
-        if m:
-            best = torch.zeros(m, device=dev).scatter_reduce_(0, seg, scores[i, alive], "amax")
-            reps = torch.nonzero(survives).squeeze(1)
-            lab_r = lab[reps]
-            rows.append(torch.stack([torch.full_like(best[reps], i), new_id[reps].float(), lab_r.float(),
-                                     is_thing[lab_r].float(), best[reps], torch.ones_like(best[reps])], 1).double())
+        maps.append(torch.where(seg_map >= 0, new_id[seg_map.clamp(min=0)], 0).to(torch.int32))
+        rows.append(segment_rows(i, seg, new_id, lab, is_thing, scores[i, alive], survives))
     return panoptic_predictions(maps, rows)
 
 
