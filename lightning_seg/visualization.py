@@ -126,8 +126,9 @@ def prediction_overlay(
         image_size: ``(h, w)`` valid region of ``image``.
         prediction: one or more of ``panoptic`` (:class:`~lightning_seg.structures.PanopticPrediction`),
             ``semantic`` (int ``[H,W]``) and ``instance``
-            (:class:`~lightning_seg.structures.InstancePrediction`); the first present in that
-            order is drawn (instances scoring at least 0.5).
+            (:class:`~lightning_seg.structures.InstancePrediction`) or ``segments`` (int64
+            ``[H,W]`` unlabelled ids, ``-1`` none); the first present in that order is drawn
+            (instances scoring at least 0.5).
         colors: ``K`` RGB colours.
 
     Returns:
@@ -144,7 +145,11 @@ def prediction_overlay(
     if "instance" in prediction:
         ids, labels = instance_id_map(prediction["instance"], score_threshold=0.5)
         return overlay_panoptic(valid_image(image, image_size, ids.shape), ids, labels, colors)
-    raise ValueError(f"no panoptic, semantic or instance prediction to draw among {sorted(prediction)}")
+    if "segments" in prediction:
+        seg = prediction["segments"].long() + 1  # unlabelled segments: one colour per id, cycling
+        ids = {int(i): (int(i) - 1) % len(colors) for i in torch.unique(seg).tolist() if i > 0}
+        return overlay_panoptic(valid_image(image, image_size, seg.shape), seg, ids, colors)
+    raise ValueError(f"no panoptic, semantic, instance or segments prediction to draw among {sorted(prediction)}")
 
 
 def to_numpy_uint8(x: Tensor) -> np.ndarray:

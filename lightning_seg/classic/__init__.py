@@ -1,11 +1,8 @@
 """Classic (non-learned) segmentation baselines: Otsu thresholds, seeded region growing, marker
-watershed, k-means on pixel features, and the scoring of unsupervised segments against classes."""
+watershed, k-means on pixel features, as batched functions and as parameter-free predictors
+(:mod:`lightning_seg.classic.segmenters`) that ``ClassicSegmentationModule`` runs through the CLI;
+the scoring of unsupervised segments against classes lives in :mod:`lightning_seg.metrics`."""
 
-from lightning_seg.classic.cluster_assignment import (
-    assign_clusters_to_classes,
-    cluster_confusion,
-    map_clusters,
-)
 from lightning_seg.classic.kmeans import (
     KMeansResult,
     kmeans_plus_plus,
@@ -16,6 +13,13 @@ from lightning_seg.classic.region_growing import (
     gradient_minima_seeds,
     grid_seeds,
     region_growing,
+)
+from lightning_seg.classic.segmenters import (
+    ClassicSegmenter,
+    KMeansSegmentation,
+    MarkerWatershed,
+    OtsuThresholding,
+    RegionGrowing,
 )
 from lightning_seg.classic.thresholding import (
     grey_levels,
@@ -30,9 +34,19 @@ from lightning_seg.classic.watershed import (
     h_minima_markers,
     watershed_segments,
 )
+from lightning_seg.metrics.cluster_matching import (
+    assign_clusters_to_classes,
+    cluster_confusion,
+    map_clusters,
+)
 
 __all__ = [
+    "ClassicSegmenter",
     "KMeansResult",
+    "KMeansSegmentation",
+    "MarkerWatershed",
+    "OtsuThresholding",
+    "RegionGrowing",
     "assign_clusters_to_classes",
     "cluster_confusion",
     "distance_peak_markers",

@@ -9,6 +9,11 @@ per-feature variance of the image's points, and in the second case labels the po
 with the final centres. An empty cluster takes the point farthest from its centre (scikit-learn's
 relocation), which leaves the cluster it came from. Images iterate together, each stopping on
 its own criterion.
+
+On the CPU (``backend="auto"``) each image runs scikit-learn's own Lloyd kernel with exactly
+``KMeans.fit``'s preparation (tolerance from the variances, the points centred on their mean,
+the centres moved back), so its results are scikit-learn's by construction; the batched tensor
+iteration is for accelerators.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
+
+from lightning_seg.classic.backend import Backend, use_library
 
 __all__ = ["KMeansResult", "kmeans_plus_plus", "lloyd_kmeans", "pixel_features"]
 
@@ -84,7 +92,8 @@ def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator | 
     return torch.stack(centers, 1)
 
 
-def lloyd_kmeans(points: torch.Tensor, centers: torch.Tensor, max_iter: int = 300, tol: float = 1e-4) -> KMeansResult:
+def lloyd_kmeans(points: torch.Tensor, centers: torch.Tensor, max_iter: int = 300, tol: float = 1e-4,
+                 backend: Backend = "auto") -> KMeansResult:
     """Lloyd's k-means from ``centers`` (the module docstring's rules).
 
     Args:
@@ -92,6 +101,8 @@ def lloyd_kmeans(points: torch.Tensor, centers: torch.Tensor, max_iter: int = 30
         centers: float ``[B, K, D]`` initial centres.
         max_iter: iteration cap.
         tol: relative tolerance on the centre shift.
+        backend: ``library`` (scikit-learn's Lloyd kernel per image, in float64), ``tensor``
+            (batched torch, in ``points``' dtype) or ``auto`` (library on the CPU).
 
     Returns:
         :class:`KMeansResult`.
@@ -100,6 +111,8 @@ def lloyd_kmeans(points: torch.Tensor, centers: torch.Tensor, max_iter: int = 30
             centers.shape[2] != points.shape[2]:
         raise ValueError(f"lloyd_kmeans: points [B, P, D] and centers [B, K, D], got {tuple(points.shape)} "
                          f"and {tuple(centers.shape)}")
+    if use_library(backend, points.device):
+        return _sklearn_lloyd(points, centers, max_iter, tol)
     b, p, _ = points.shape
     k = centers.shape[1]
     rows = torch.arange(b, device=points.device)
@@ -145,3 +158,41 @@ def lloyd_kmeans(points: torch.Tensor, centers: torch.Tensor, max_iter: int = 30
         labels = torch.where(relabel[:, None], _squared_distances(points, centers).argmin(-1), labels)
     inertia = ((points - centers[rows[:, None], labels]) ** 2).sum((1, 2))
     return KMeansResult(labels, centers, inertia, iterations)
+
+
+def _lloyd_kernel():
+    """scikit-learn's single Lloyd run and its thread count, or None where they cannot be imported."""
+    try:
+        from sklearn.cluster._kmeans import _kmeans_single_lloyd
+        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+    except ImportError:
+        return None
+    return _kmeans_single_lloyd, _openmp_effective_n_threads
+
+
+def _sklearn_lloyd(points: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float) -> KMeansResult:
+    """scikit-learn's Lloyd run on each image, prepared as ``KMeans.fit`` prepares it."""
+    kernel = _lloyd_kernel()
+    labels, out_centers, inertia, iterations = [], [], [], []
+    for x, c in zip(points.detach().cpu().double().numpy(), centers.detach().cpu().double().numpy()):
+        if kernel is None:  # the kernel moved: the public estimator (same results, more overhead)
+            from sklearn.cluster import KMeans
+
+            km = KMeans(c.shape[0], init=c, n_init=1, max_iter=max_iter, tol=tol, algorithm="lloyd").fit(x)
+            lab, cen, ine, it = km.labels_, km.cluster_centers_, km.inertia_, km.n_iter_
+        else:
+            threshold = float(np.mean(np.var(x, axis=0)) * tol) if tol else 0.0
+            mean = x.mean(axis=0)
+            lab, ine, cen, it = kernel[0](
+                np.ascontiguousarray(x - mean), np.ones(x.shape[0]), np.ascontiguousarray(c - mean),
+                max_iter=max_iter, tol=threshold, n_threads=kernel[1]())
+            cen = cen + mean
+        labels.append(lab.astype(np.int64))
+        out_centers.append(cen)
+        inertia.append(ine)
+        iterations.append(it)
+    dev = points.device
+    return KMeansResult(torch.from_numpy(np.stack(labels)).to(dev),
+                        torch.from_numpy(np.stack(out_centers)).to(dev, points.dtype),
+                        torch.tensor(inertia, dtype=points.dtype, device=dev),
+                        torch.tensor(iterations, dtype=torch.int64, device=dev))

@@ -6,19 +6,26 @@
 ring of neighbours at a time, each ring judged against the mean of the region so far). Several
 seeds give a label map: a pixel belongs to the first seed whose region holds it (0: none).
 
-Two paths give the same regions: ``"label"`` (CPU default) labels the tolerance mask of each
-seed with ``scipy.ndimage.label`` and keeps the seed's component; ``"dilation"`` (tensor path for
+Three paths give the same regions. ``"flood"`` (the CPU default for one channel) runs
+scikit-image's flood-fill kernel for every seed on one padded copy of each image, the images
+spread over a thread pool (where that kernel cannot be imported it calls ``flood`` itself);
+``"label"`` (the CPU default for colours) labels the tolerance mask of each seed with
+``scipy.ndimage.label`` and keeps the seed's component; ``"dilation"`` (the tensor path for
 accelerators, all seeds of a batch at once) dilates the seeds inside their masks until nothing
-changes. ``mode="mean"`` has the dilation path only.
+changes. ``mode="mean"`` has the dilation path only. On integer images a pixel joins when
+``|value - seed| <= floor(tolerance)``, which is the same rule.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from lightning_seg.classic.backend import map_images
 
 __all__ = ["gradient_minima_seeds", "grid_seeds", "region_growing"]
 
@@ -81,7 +88,7 @@ def region_growing(
     tolerance: float,
     connectivity: int = 1,
     mode: Literal["seed", "mean"] = "seed",
-    method: Literal["label", "dilation"] | None = None,
+    method: Literal["flood", "label", "dilation"] | None = None,
     max_steps: int | None = None,
 ) -> torch.Tensor:
     """Grow a region from every seed (the module docstring's rules).
@@ -92,7 +99,8 @@ def region_growing(
         tolerance: largest per-channel difference a pixel may have.
         connectivity: 1 (4-neighbours) or 2 (8-neighbours).
         mode: ``seed`` or ``mean``.
-        method: ``label`` or ``dilation``; default ``label`` on CPU with ``mode="seed"``.
+        method: ``flood`` (one channel), ``label`` or ``dilation``; default on the CPU with
+            ``mode="seed"``: ``flood`` for one channel, ``label`` for several; else ``dilation``.
         max_steps: dilation steps cap (default ``H W``).
 
     Returns:
@@ -111,9 +119,20 @@ def region_growing(
     _structure(connectivity)
     if mode not in ("seed", "mean"):
         raise ValueError(f"region_growing: mode must be 'seed' or 'mean', got {mode!r}")
-    method = method or ("label" if x.device.type == "cpu" and mode == "seed" else "dilation")
-    if method == "label" and mode == "mean":
+    if method is None:
+        method = ("flood" if c == 1 else "label") if x.device.type == "cpu" and mode == "seed" else "dilation"
+    if method not in ("flood", "label", "dilation"):
+        raise ValueError(f"region_growing: method must be 'flood', 'label' or 'dilation', got {method!r}")
+    if method != "dilation" and mode == "mean":
         raise ValueError("region_growing: mode 'mean' has the dilation method only")
+    if method == "flood":
+        if c != 1:
+            raise ValueError(f"region_growing: method 'flood' takes one channel, got {c}")
+        structure = _structure(connectivity)
+        imgs = x[:, 0].cpu().numpy()
+        pts = seeds.cpu().numpy()
+        out = map_images(lambda i: _flood_labels(imgs[i], pts[i], tolerance, structure), list(range(b)))
+        return torch.from_numpy(np.stack(out) if b else np.zeros((0, h, w), np.int64)).to(image.device)
     s = seeds.shape[1]
     x = x.double()
     rows = torch.arange(b, device=x.device)[:, None].expand(b, s)
@@ -149,3 +168,50 @@ def region_growing(
     # the first seed holding a pixel names it
     first = torch.where(regions.any(1), regions.float().argmax(1) + 1, 0)
     return first.long()
+
+
+def _flood_kernel():
+    """scikit-image's flood-fill kernel and its neighbour offsets, or None where they cannot be imported."""
+    try:
+        from skimage.morphology._flood_fill_cy import _flood_fill_tolerance
+        from skimage.morphology._util import _offsets_to_raveled_neighbors
+    except ImportError:
+        return None
+    return _flood_fill_tolerance, _offsets_to_raveled_neighbors
+
+
+def _flood_labels(image: np.ndarray, seeds: np.ndarray, tolerance: float, structure: np.ndarray) -> np.ndarray:
+    """First-seed label map of one image from scikit-image's flood fill: ``[H, W]`` -> int64 ``[H, W]``."""
+    if np.issubdtype(image.dtype, np.integer):
+        tolerance = math.floor(tolerance)
+        lo, hi = int(image.min()), int(image.max())
+        dtype = np.uint8 if 0 <= lo and hi <= 255 else np.int64
+    else:
+        dtype = np.float64
+    kernel = _flood_kernel()
+    if kernel is None:  # the kernel moved: the public call, one padded copy per seed
+        from skimage.segmentation import flood
+
+        labels = np.zeros(image.shape, dtype=np.int64)
+        for s, (y, x) in enumerate(seeds.tolist()):
+            region = flood(image.astype(dtype), (y, x), footprint=structure, tolerance=tolerance)
+            np.copyto(labels, s + 1, where=region & (labels == 0))
+        return labels
+    fill, neighbour_offsets = kernel
+    h, w = image.shape
+    # one padded copy for all seeds; the border flags (2) stop the fill as flood's own do
+    work = np.zeros((h + 2, w + 2), dtype=dtype)
+    work[1:-1, 1:-1] = image
+    offsets = neighbour_offsets(work.shape, structure, center=(1, 1))
+    flags = np.full((h + 2, w + 2), 2, dtype=np.uint8)
+    inner = flags[1:-1, 1:-1]
+    labels = np.zeros((h, w), dtype=np.int32)
+    info = np.iinfo(dtype) if dtype != np.float64 else None
+    for s, (y, x) in enumerate(seeds.tolist()):
+        inner.fill(0)
+        v = work[y + 1, x + 1]
+        lo_tol = v.item() - tolerance if info is None else max(int(info.min), v.item() - tolerance)
+        hi_tol = v.item() + tolerance if info is None else min(int(info.max), v.item() + tolerance)
+        fill(work.ravel(), flags.ravel(), offsets, (y + 1) * (w + 2) + x + 1, v, lo_tol, hi_tol)
+        np.copyto(labels, s + 1, where=(inner == 1) & (labels == 0))
+    return labels.astype(np.int64)

@@ -6,50 +6,95 @@ variance ``w1(t) w2(t+1) (m1(t) - m2(t+1))^2`` of the classes ``<= t`` and ``> t
 such level), the multi-level thresholds maximise ``sum_c S_c^2 / P_c`` over the classes' pixel
 mass ``P`` and first moment ``S`` (the first maximum in lexicographic order). Levels outside an
 image's ``[min, max]`` have no pixels and are never chosen. Computed in float64.
+
+On the CPU (``backend="auto"``) the histograms are numpy ``bincount`` of each image and the
+multi-level search is scikit-image's own (its lookup-table recursion on the histogram, so its
+results by construction); the tensor path (one ``bincount`` for the batch, an exhaustive search
+over level tuples) is for accelerators.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from lightning_seg.classic.backend import Backend, map_images, use_library
 
 __all__ = ["grey_levels", "level_histograms", "multi_otsu_thresholds", "otsu_thresholds", "threshold_classes"]
 
 
 def grey_levels(images: torch.Tensor, channel: int | None = None) -> torch.Tensor:
-    """Grey levels of RGB images: uint8 ``[B, 3, H, W]`` -> int64 ``[B, H, W]`` in ``[0, 255]``.
+    """Grey levels of RGB images: uint8 ``[B, 3, H, W]`` -> uint8 ``[B, H, W]``.
 
     ``channel`` picks one channel; ``None`` uses ITU-R 601 luma ``0.299 R + 0.587 G + 0.114 B``,
-    rounded.
+    rounded. One byte per pixel keeps the histograms memory-bound at a quarter of int32's cost.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"grey_levels: images must be [B, 3, H, W], got {tuple(images.shape)}")
     if channel is not None:
         if not 0 <= channel < 3:
             raise ValueError(f"grey_levels: channel must be 0, 1 or 2, got {channel}")
-        return images[:, channel].long()
+        return images[:, channel].clamp(0, 255).to(torch.uint8).contiguous()
     x = images.double()
-    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).round().clamp(0, 255).long()
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).round().clamp(0, 255).to(torch.uint8)
 
 
-def level_histograms(levels: torch.Tensor, num_levels: int = 256, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Pixel count of every grey level in every image, in one ``bincount``.
+def level_histograms(levels: torch.Tensor, num_levels: int = 256, valid: torch.Tensor | None = None,
+                     backend: Backend = "auto") -> torch.Tensor:
+    """Pixel count of every grey level in every image.
 
     Args:
-        levels: int64 ``[B, H, W]`` in ``[0, num_levels)``.
+        levels: integer ``[B, H, W]`` in ``[0, num_levels)``.
         num_levels: ``L``.
         valid: optional bool ``[B, H, W]``; only these pixels are counted (padding excluded).
+        backend: ``library`` (numpy ``bincount`` per image), ``tensor`` (one torch ``bincount``
+            for the batch) or ``auto`` (library on the CPU).
 
     Returns:
         float64 ``[B, L]``.
     """
     b = levels.shape[0]
-    if levels.numel() and (int(levels.min()) < 0 or int(levels.max()) >= num_levels):
-        raise ValueError(f"level_histograms: levels must lie in [0, {num_levels}), got "
-                         f"[{int(levels.min())}, {int(levels.max())}]")
-    flat = levels.reshape(b, -1) + torch.arange(b, device=levels.device)[:, None] * num_levels
+    if levels.is_floating_point() or levels.is_complex() or levels.dtype == torch.bool:
+        raise ValueError(f"level_histograms: levels must be integers, got {levels.dtype}")
+    if use_library(backend, levels.device) and b:
+        lv = levels.cpu().numpy().reshape(b, -1)
+        ok = None if valid is None else valid.cpu().numpy().reshape(b, -1)
+        counts = np.zeros((b, num_levels))
+        for i in range(b):
+            x = lv[i] if ok is None else lv[i][ok[i]]
+            # bincount itself rejects negative levels; a longer result means levels >= L
+            try:
+                c = _byte_histogram(x) if x.dtype == np.uint8 and num_levels == 256 else \
+                    np.bincount(x, minlength=num_levels)
+            except ValueError:  # negative levels
+                c = None
+            if c is None or len(c) > num_levels:
+                _check_levels(levels, num_levels)
+            counts[i] = c
+        return torch.from_numpy(counts).to(levels.device)
+    _check_levels(levels, num_levels)
+    flat = levels.reshape(b, -1).long() + torch.arange(b, device=levels.device)[:, None] * num_levels
     weights = None if valid is None else valid.reshape(b, -1).double().flatten()
     counts = torch.bincount(flat.flatten(), weights=weights, minlength=b * num_levels)
     return counts.double().view(b, num_levels)
+
+
+def _byte_histogram(x: np.ndarray) -> np.ndarray:
+    """256-bin histogram of a uint8 vector, counting pairs of bytes as one uint16 (half the
+    elements of a plain ``bincount``; the 256 x 256 pair counts fold back to levels)."""
+    even = x[: x.size - x.size % 2]
+    pairs = np.bincount(np.ascontiguousarray(even).view(np.uint16), minlength=1 << 16).reshape(256, 256)
+    # little- or big-endian, a pair counts once for each of its two bytes
+    hist = pairs.sum(0) + pairs.sum(1)
+    if x.size % 2:
+        hist[x[-1]] += 1
+    return hist
+
+
+def _check_levels(levels: torch.Tensor, num_levels: int) -> None:
+    if levels.numel() and (int(levels.min()) < 0 or int(levels.max()) >= num_levels):
+        raise ValueError(f"level_histograms: levels must lie in [0, {num_levels}), got "
+                         f"[{int(levels.min())}, {int(levels.max())}]")
 
 
 def otsu_thresholds(hist: torch.Tensor) -> torch.Tensor:
@@ -77,13 +122,17 @@ def otsu_thresholds(hist: torch.Tensor) -> torch.Tensor:
     return torch.where(single, (counts > 0).long().argmax(1), t)
 
 
-def multi_otsu_thresholds(hist: torch.Tensor, classes: int = 3, chunk_elements: int = 1 << 24) -> torch.Tensor:
-    """Multi-level Otsu thresholds of each histogram, by exhaustive search over level tuples.
+def multi_otsu_thresholds(hist: torch.Tensor, classes: int = 3, chunk_elements: int = 1 << 24,
+                          backend: Backend = "auto") -> torch.Tensor:
+    """Multi-level Otsu thresholds of each histogram.
 
     Args:
         hist: float ``[B, L]`` pixel counts per level.
         classes: number of classes (2 to 4; ``classes - 1`` thresholds).
-        chunk_elements: scores computed at once (bounds memory).
+        chunk_elements: scores computed at once by the tensor path (bounds memory).
+        backend: ``library`` (``skimage.filters.threshold_multiotsu`` on each histogram, cut to
+            the image's ``[min, max]`` as scikit-image cuts an image's own), ``tensor``
+            (exhaustive search over level tuples, batched) or ``auto`` (library on the CPU).
 
     Returns:
         int64 ``[B, classes - 1]`` increasing levels ``t_1 < t_2 < ...``: class ``c`` holds the
@@ -102,6 +151,17 @@ def multi_otsu_thresholds(hist: torch.Tensor, classes: int = 3, chunk_elements: 
         i = int(few.nonzero()[0])
         raise ValueError(f"multi_otsu_thresholds: image {i} has {int(present[i].sum())} distinct levels, "
                          f"fewer than classes={classes}")
+    if use_library(backend, counts.device):
+        from skimage.filters import threshold_multiotsu
+
+        def one(row: np.ndarray) -> np.ndarray:
+            nz = np.flatnonzero(row)
+            lo, hi = int(nz[0]), int(nz[-1])
+            return threshold_multiotsu(hist=(row[lo : hi + 1], np.arange(lo, hi + 1)), classes=classes)
+
+        rows = counts.cpu().numpy()
+        out = np.stack(map_images(one, list(rows))) if b else np.zeros((0, classes - 1))
+        return torch.from_numpy(out.astype(np.int64)).to(counts.device)
     prob = counts / counts.sum(1, keepdim=True)
     levels = torch.arange(n, dtype=torch.float64, device=counts.device)
     mass = torch.cat([prob.new_zeros(b, 1), prob.cumsum(1)], 1)  # mass[:, j] = P(levels < j)

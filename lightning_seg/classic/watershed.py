@@ -1,6 +1,7 @@
 """Marker-based watershed on the gradient magnitude, with markers from distance-transform peaks or
-h-minima; scikit-image's ``watershed`` is the implementation (a CPU step, once per image of a
-batch), so its results are scikit-image's by construction."""
+h-minima; scikit-image's ``watershed`` is the implementation (a CPU step for the whole batch,
+its images spread over a thread pool: the kernels release the GIL), so its results are
+scikit-image's by construction."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Literal
 
 import numpy as np
 import torch
+
+from lightning_seg.classic.backend import map_images
 
 __all__ = ["distance_peak_markers", "gradient_magnitude", "h_minima_markers", "watershed_segments"]
 
@@ -17,7 +20,8 @@ def gradient_magnitude(levels: torch.Tensor) -> torch.Tensor:
     (scikit-image's ``filters.sobel``)."""
     from skimage.filters import sobel
 
-    return torch.stack([torch.from_numpy(sobel(lv.double().cpu().numpy())) for lv in levels]).to(levels.device)
+    x = levels.detach().cpu().double().numpy()
+    return _stacked(map_images(sobel, list(x)), x.shape, levels.device)
 
 
 def h_minima_markers(gradient: torch.Tensor, h: float) -> torch.Tensor:
@@ -26,8 +30,8 @@ def h_minima_markers(gradient: torch.Tensor, h: float) -> torch.Tensor:
     from scipy import ndimage
     from skimage.morphology import h_minima
 
-    out = [ndimage.label(h_minima(g.cpu().numpy(), h))[0] for g in gradient]
-    return torch.from_numpy(np.stack(out)).long().to(gradient.device)
+    x = gradient.detach().cpu().numpy()
+    return _stacked(map_images(lambda g: ndimage.label(h_minima(g, h))[0], list(x)), x.shape, gradient.device).long()
 
 
 def distance_peak_markers(foreground: torch.Tensor, min_distance: int = 5) -> torch.Tensor:
@@ -37,14 +41,15 @@ def distance_peak_markers(foreground: torch.Tensor, min_distance: int = 5) -> to
     from scipy import ndimage
     from skimage.feature import peak_local_max
 
-    out = []
-    for fg in foreground:
-        dist = ndimage.distance_transform_edt(fg.cpu().numpy())
-        peaks = peak_local_max(dist, min_distance=min_distance, labels=fg.cpu().numpy().astype(np.int32))
+    def one(fg: np.ndarray) -> np.ndarray:
+        dist = ndimage.distance_transform_edt(fg)
+        peaks = peak_local_max(dist, min_distance=min_distance, labels=fg.astype(np.int32))
         m = np.zeros(dist.shape, dtype=np.int64)
         m[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        out.append(m)
-    return torch.from_numpy(np.stack(out)).to(foreground.device)
+        return m
+
+    x = foreground.detach().cpu().numpy()
+    return _stacked(map_images(one, list(x)), x.shape, foreground.device)
 
 
 def watershed_segments(elevation: torch.Tensor, markers: torch.Tensor, connectivity: Literal[1, 2] = 1,
@@ -66,9 +71,13 @@ def watershed_segments(elevation: torch.Tensor, markers: torch.Tensor, connectiv
     if elevation.shape != markers.shape:
         raise ValueError(f"watershed_segments: elevation {tuple(elevation.shape)} and markers "
                          f"{tuple(markers.shape)} differ")
-    out = []
-    for i in range(elevation.shape[0]):
-        m = None if mask is None else mask[i].cpu().numpy()
-        out.append(watershed(elevation[i].cpu().numpy(), markers[i].cpu().numpy(), connectivity=connectivity,
-                             compactness=compactness, mask=m))
-    return torch.from_numpy(np.stack(out)).long().to(elevation.device)
+    elev, mark = elevation.detach().cpu().numpy(), markers.detach().cpu().numpy()
+    masks = None if mask is None else mask.detach().cpu().numpy()
+    out = map_images(lambda i: watershed(elev[i], mark[i], connectivity=connectivity, compactness=compactness,
+                                         mask=None if masks is None else masks[i]), list(range(elev.shape[0])))
+    return _stacked(out, elev.shape, elevation.device).long()
+
+
+def _stacked(arrays: list[np.ndarray], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The per-image results as one ``[B, H, W]`` tensor on ``device`` (an empty batch stays empty)."""
+    return torch.from_numpy(np.stack(arrays) if arrays else np.zeros(shape)).to(device)

@@ -4,6 +4,8 @@
 * instance: ``instances_results.json`` (COCO results: RLE ``segmentation``, ``bbox``, ``score``);
 * semantic: ``semantic/<image_id>.png`` class maps encoded like the dataset's own ground truth
   (contiguous ids, shifted by one with void as 0 under ADE20K's ``reduce_zero_label``);
+* segments (classic methods): ``segments/<image_id>.png``, the unlabelled segment id ``+ 1``
+  encoded as a COCO panoptic id (``R + 256 G + 256^2 B``), 0 where no segment is;
 * ``overlays/<image_id>.png`` for looking at the predictions.
 
 PNGs are written as the batches come; the JSON entries are kept per process and written at the
@@ -21,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from lightning_seg.evaluation.coco_results import instance_prediction_to_coco_results
-from lightning_seg.evaluation.panoptic_io import file_stem, prediction_to_coco_panoptic
+from lightning_seg.evaluation.panoptic_io import file_stem, prediction_to_coco_panoptic, write_id_png
 from lightning_seg.evaluation.semantic_io import write_class_png
 from lightning_seg.structures import Batch, DatasetMetadata
 from lightning_seg.visualization import prediction_overlay
@@ -59,7 +61,7 @@ class PredictionFiles:
     def write_batch(self, batch: Batch, preds: dict[str, list]) -> None:
         """Write the PNGs of one batch and keep its JSON entries."""
         self.kinds |= set(preds) & set(JSON_NAMES)
-        for kind in ("panoptic", "semantic", "overlays"):
+        for kind in ("panoptic", "semantic", "segments", "overlays"):
             if kind in preds or (kind == "overlays" and self.overlays):
                 (self.out_dir / kind).mkdir(parents=True, exist_ok=True)
         for i, t in enumerate(batch["targets"]):
@@ -75,6 +77,8 @@ class PredictionFiles:
             if "semantic" in preds:
                 write_class_png(self.out_dir / "semantic" / f"{stem}.png", preds["semantic"][i],
                                 reduce_zero_label=self.reduce_zero_label)
+            if "segments" in preds:
+                write_id_png(self.out_dir / "segments" / f"{stem}.png", preds["segments"][i] + 1)
             if self.overlays:
                 overlay = prediction_overlay(batch["images"][i], t["image_size"],
                                              {k: v[i] for k, v in preds.items()}, self.metadata.colors)

@@ -21,6 +21,7 @@ def parsing_covering_stats(
     pred: PanopticSegments,
     num_classes: int,
     normalize_by_image_size: bool = True,
+    class_agnostic: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class weighted best IoU and ground-truth area of a batch.
 
@@ -35,6 +36,9 @@ def parsing_covering_stats(
         num_classes: number of classes ``K``.
         normalize_by_image_size: divide areas by the pixel count of their image, so every
             image weighs the same.
+        class_agnostic: a ground-truth segment takes its best IoU over all predicted segments,
+            whatever their class (unlabelled segments); the average still runs per
+            ground-truth class.
 
     Returns:
         ``weighted_iou`` and ``gt_area``, float64 ``[K]``.
@@ -51,7 +55,9 @@ def parsing_covering_stats(
     pred_area = torch.zeros_like(pairs.pred_area).index_add_(0, pairs.pred, pairs.count * on_gt)
     gt_labels = torch.cat([torch.full((1,), -1, device=device), gt.labels])
     pred_labels = torch.cat([torch.full((1,), -2, device=device), pred.labels])
-    same = on_gt & (pairs.pred > 0) & (gt_labels[pairs.gt] == pred_labels[pairs.pred])
+    same = on_gt & (pairs.pred > 0)
+    if not class_agnostic:
+        same &= gt_labels[pairs.gt] == pred_labels[pairs.pred]
     gt_area = pairs.gt_area.double()
     union = gt_area[pairs.gt] + pred_area[pairs.pred].double() - pairs.count.double()
     iou = torch.where(same, pairs.count.double() / union.clamp(min=1), torch.zeros_like(union))
@@ -78,6 +84,8 @@ class ParsingCovering(Metric):
     Args:
         is_thing: per contiguous class, whether it is a thing.
         normalize_by_image_size: weight every image equally (DeepLab's default).
+        class_agnostic: match each ground-truth segment with predicted segments of any class
+            (see :func:`parsing_covering_stats`).
         validate_args: check inputs (synchronises with the device).
     """
 
@@ -92,6 +100,7 @@ class ParsingCovering(Metric):
         self,
         is_thing: Sequence[bool],
         normalize_by_image_size: bool = True,
+        class_agnostic: bool = False,
         validate_args: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -100,6 +109,7 @@ class ParsingCovering(Metric):
             raise ValueError("ParsingCovering needs at least one class (is_thing is empty)")
         self.num_classes = len(is_thing)
         self.normalize_by_image_size = normalize_by_image_size
+        self.class_agnostic = class_agnostic
         self.validate_args = validate_args
         self.register_buffer("is_thing", torch.tensor([bool(t) for t in is_thing]), persistent=False)
         zeros = torch.zeros(self.num_classes, dtype=torch.float64)
@@ -116,18 +126,21 @@ class ParsingCovering(Metric):
             _check_labels(pred_seg, self.num_classes, "predicted")
             _check_labels(gt_seg, self.num_classes, "ground-truth")
         weighted, total = parsing_covering_stats(
-            gt_seg, pred_seg, self.num_classes, self.normalize_by_image_size
+            gt_seg, pred_seg, self.num_classes, self.normalize_by_image_size, self.class_agnostic
         )
         self.weighted_iou = self.weighted_iou + weighted
         self.gt_area = self.gt_area + total
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """``pc``, ``pc_things``, ``pc_stuff`` (float64), their class counts ``n*``, and
-        ``pc_per_class`` ``[K]`` (0 for classes without ground truth)."""
+        """``pc``, ``pc_things``, ``pc_stuff`` (float64), their class counts ``n*``,
+        ``pc_per_class`` ``[K]`` (0 for classes without ground truth) and ``covering``: the
+        area-weighted best IoU over all ground-truth segments at once (Arbelaez et al.'s
+        segmentation covering, no per-class mean)."""
         valid = self.gt_area > 0
         ratio = self.weighted_iou / self.gt_area.clamp(min=1e-300)
         per_class = torch.where(valid, ratio, torch.zeros_like(self.gt_area))
-        out: dict[str, torch.Tensor] = {"pc_per_class": per_class}
+        out: dict[str, torch.Tensor] = {"pc_per_class": per_class,
+                                        "covering": self.weighted_iou.sum() / self.gt_area.sum().clamp(min=1e-300)}
         things = self.is_thing
         for suffix, subset in (("", valid), ("_things", valid & things), ("_stuff", valid & ~things)):
             n = subset.sum()

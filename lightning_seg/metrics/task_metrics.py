@@ -14,7 +14,11 @@ instance   ``AP AP50 AP75 APs APm APl`` (masks); with boxes also ``bbox_AP`` ...
 
 and the optional ``extra`` metrics of those kinds: ``boundary_iou``, ``trimap_accuracy``,
 ``surface_distance`` (semantic) and ``parsing_covering``, ``parsing_covering_th``,
-``parsing_covering_st`` (panoptic). Every state is a torchmetrics state, so DDP reduces it.
+``parsing_covering_st`` (panoptic), and ``unsupervised``: the protocol of the classic baselines
+(:class:`~lightning_seg.metrics.segment_metrics.SegmentMetrics`: ``matched_mIoU``,
+``matched_pixel_acc``, ``agnostic_AP``, ``covering``, ``agnostic_PC`` ...) on the model's class
+maps (as clusters) and panoptic segments (as unlabelled segments), so that a trained model and
+a classic method are scored alike. Every state is a torchmetrics state, so DDP reduces it.
 """
 
 from __future__ import annotations
@@ -25,21 +29,27 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_seg.metrics.boundary import AverageSurfaceDistance, BoundaryIoU, TrimapAccuracy
+from lightning_seg.metrics.boundary import (
+    AverageSurfaceDistance,
+    BoundaryIoU,
+    TrimapAccuracy,
+)
 from lightning_seg.metrics.mask_ap import MaskAP
 from lightning_seg.metrics.panoptic_quality import PanopticQuality
 from lightning_seg.metrics.parsing_covering import ParsingCovering
+from lightning_seg.metrics.segment_metrics import SegmentMetrics
 from lightning_seg.metrics.semantic import SemanticSegmentationMetrics
 
 Kind = Literal["panoptic", "instance", "semantic"]
 KINDS: tuple[Kind, ...] = ("panoptic", "instance", "semantic")
 
-ExtraMetric = Literal["boundary_iou", "trimap_accuracy", "surface_distance", "parsing_covering"]
+ExtraMetric = Literal["boundary_iou", "trimap_accuracy", "surface_distance", "parsing_covering", "unsupervised"]
 EXTRA_METRIC_KIND: dict[str, Kind] = {
     "boundary_iou": "semantic",
     "trimap_accuracy": "semantic",
     "surface_distance": "semantic",
     "parsing_covering": "panoptic",
+    "unsupervised": "semantic",  # or panoptic: either gives it class maps, panoptic its segments
 }
 """The prediction kind each extra metric scores."""
 
@@ -93,7 +103,7 @@ class TaskMetrics(nn.Module):
             if kind is None:
                 raise ValueError(f"{key}.extra_metrics: unknown metric {name!r}; "
                                  f"choose from {sorted(EXTRA_METRIC_KIND)}")
-            if kind not in kinds:
+            if kind not in kinds and not (name == "unsupervised" and "panoptic" in kinds):
                 raise ValueError(f"{key}.extra_metrics: {name!r} scores {kind} predictions, which "
                                  f"{key}.eval_kinds={list(kinds)} does not include")
             m[name] = {
@@ -101,6 +111,9 @@ class TaskMetrics(nn.Module):
                 "trimap_accuracy": lambda: TrimapAccuracy(ignore_index=ignore_index),
                 "surface_distance": lambda: AverageSurfaceDistance(num_classes, ignore_index=ignore_index),
                 "parsing_covering": lambda: ParsingCovering(is_thing),
+                "unsupervised": lambda: SegmentMetrics(num_classes, thing_classes, num_classes, ignore_index,
+                                                       ("matched", "agnostic_ap", "covering"),
+                                                       average=semantic_average),
             }[name]()
         self.metrics = m
 
@@ -126,6 +139,8 @@ class TaskMetrics(nn.Module):
                 self.metrics["parsing_covering"].update(preds["panoptic"], targets)
         if "instance" in self.kinds:
             self.metrics["instance"].update(preds["instance"], _thing_targets(targets))
+        if "unsupervised" in self.metrics:
+            self.metrics["unsupervised"].update(_as_unlabelled(preds), targets)
 
     def _update_semantic(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Any]]) -> None:
         gts = [t["semantic"][: t["target_size"][0], : t["target_size"][1]] for t in targets]
@@ -158,6 +173,8 @@ class TaskMetrics(nn.Module):
                 out[name] = r
             elif name == "surface_distance":
                 out[name] = r["assd"]
+            elif name == "unsupervised":
+                out.update(r)
             elif name == "parsing_covering":
                 out.update({name: r["pc"], f"{name}_th": r["pc_things"], f"{name}_st": r["pc_stuff"]})
         return out
@@ -176,3 +193,25 @@ def _thing_targets(targets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
         keep = t["is_thing"]
         out.append({"masks": t["masks"][keep][:, :h, :w], "labels": t["labels"][keep], "iscrowd": t["iscrowd"][keep]})
     return out
+
+
+def _as_unlabelled(preds: Mapping[str, Sequence[Any]]) -> dict[str, list[Tensor]]:
+    """A supervised model's predictions as unlabelled maps (ids ``-1`` where void): the class
+    maps as clusters, the panoptic segments (or, without them, the class maps) as segments."""
+    if "panoptic" in preds:
+        segments, categories = [], []
+        for p in preds["panoptic"]:
+            seg = p["panoptic_seg"].long()
+            ids = torch.tensor([int(s["id"]) for s in p["segments_info"]], dtype=torch.long, device=seg.device)
+            cats = torch.tensor([int(s["category_id"]) for s in p["segments_info"]], dtype=torch.long, device=seg.device)
+            if not len(ids):  # nothing predicted
+                segments.append(torch.full_like(seg, -1))
+                categories.append(torch.full_like(seg, -1))
+                continue
+            match = seg[..., None] == ids  # [H, W, S]
+            found = match.any(-1)
+            index = match.long().argmax(-1)
+            segments.append(torch.where(found, index, -1))
+            categories.append(torch.where(found, cats[index], -1))
+    clusters = list(preds["semantic"]) if "semantic" in preds else categories
+    return {"segments": segments if "panoptic" in preds else clusters, "clusters": clusters}

@@ -6,7 +6,8 @@ A family subclasses :class:`SegTask` and writes
 * :meth:`SegTask.compute_losses`: the batch's named loss terms, already weighted;
 * :meth:`SegTask.predict`: ``{kind: [per-image prediction]}`` with kind in ``panoptic``,
   ``instance``, ``semantic`` (the contracts of :mod:`lightning_seg.structures`);
-* :meth:`SegTask.available_kinds`: the kinds its ``predict`` can return.
+* :meth:`SegTask.available_kinds`: the kinds its ``predict`` can return;
+* optionally :meth:`SegTask.configure_metrics` (default: :class:`~lightning_seg.metrics.TaskMetrics`).
 
 The base runs the rest: training step (sum, NaN/Inf guard, ``train/<term>`` logs), validation
 and test steps (the metrics of each scored kind, :class:`~lightning_seg.metrics.TaskMetrics`),
@@ -21,7 +22,7 @@ from typing import Any, Literal
 
 import torch
 from lightning import Callback, LightningModule
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_seg.metrics.task_metrics import ExtraMetric, Kind, TaskMetrics
 from lightning_seg.structures import Batch
@@ -42,7 +43,8 @@ class SegTask(LightningModule):
             every kind :meth:`available_kinds` lists.
         extra_metrics: further metrics of the scored kinds, logged under their names:
             ``boundary_iou``, ``trimap_accuracy``, ``surface_distance`` (semantic),
-            ``parsing_covering`` (panoptic).
+            ``parsing_covering`` (panoptic), ``unsupervised`` (the classic baselines' protocol
+            on this model's predictions, see :class:`~lightning_seg.metrics.TaskMetrics`).
         metric_average: semantic means over the classes ``present`` in prediction or ground
             truth, or over ``all`` classes (ADE20K's kit).
         optimizer: ``adamw`` (Mask2Former) or ``sgd`` (DeepLab/FCN).
@@ -114,10 +116,7 @@ class SegTask(LightningModule):
             raise ValueError(f"model.eval_kinds: {type(self).__name__} with these arguments predicts "
                              f"{list(available)}, not {wrong}")
         for stage in ("val", "test"):
-            setattr(self, f"{stage}_metrics", TaskMetrics(
-                self.eval_kinds, num_classes, thing_classes, ignore_index, extra_metrics or (),
-                box_ap=self.predicts_boxes, semantic_average=metric_average,
-            ))
+            setattr(self, f"{stage}_metrics", self.configure_metrics())
         self._frozen: list[str] = []
         self.eval_stage = "val"
         if init_from:
@@ -136,6 +135,14 @@ class SegTask(LightningModule):
     def available_kinds(self) -> tuple[Kind, ...]:
         """The prediction kinds :meth:`predict` can return with these arguments."""
         raise NotImplementedError
+
+    def configure_metrics(self) -> nn.Module:
+        """A fresh validation / test metrics module (``update(preds, targets)``, ``compute()``
+        -> ``{name: scalar}``, ``reset()``): by default the :class:`TaskMetrics` of
+        :attr:`eval_kinds` and ``extra_metrics``."""
+        hp = self.hparams
+        return TaskMetrics(self.eval_kinds, self.num_classes, self.thing_classes, self.ignore_index,
+                           hp.extra_metrics or (), box_ap=self.predicts_boxes, semantic_average=hp.metric_average)
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         """Named float32 scalar loss terms of a training batch, already weighted (they are summed)."""
@@ -203,7 +210,7 @@ class SegTask(LightningModule):
         self._log_metrics("test")
 
     def _log_metrics(self, stage: str) -> None:
-        metrics: TaskMetrics = getattr(self, f"{stage}_metrics")
+        metrics = getattr(self, f"{stage}_metrics")
         values = metrics.compute()
         metrics.reset()
         # torchmetrics already reduced the states across ranks

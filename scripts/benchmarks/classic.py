@@ -2,22 +2,24 @@
 
 The images are the real sample photos of ``../shared/data`` (``$LIGHTNING_SEG_TEST_DATA``)
 resized to ``--size``², cycled to ``--images`` images (random smooth images when the data is
-absent). Per method, in this process: our batched call on the whole stack against the library
-called once per image, median of ``--repeats`` runs after one warm-up, and whether the results
-are identical:
+absent). Per method, in this process: our batched call on the whole stack (the default path:
+on the CPU the libraries' kernels called for the batch, see ``lightning_seg.classic.backend``;
+with ``--tensor`` also the tensor path meant for accelerators) against the library called once
+per image, median of ``--repeats`` runs after one warm-up, and whether the results are
+identical:
 
 * Otsu and 3-class multi-Otsu on the luma grey levels: ``otsu_thresholds`` /
   ``multi_otsu_thresholds`` of ``level_histograms`` against ``skimage.filters.threshold_otsu`` /
   ``threshold_multiotsu``;
 * region growing from ``--seeds``² grid seeds at tolerance 12, 4-connected: ``region_growing``
-  (``label`` method; with ``--with-dilation`` also the ``dilation`` method) against
-  ``skimage.segmentation.flood`` per seed;
+  (default ``flood`` method; with ``--tensor`` also ``label`` and ``dilation``, minutes on the
+  CPU) against ``skimage.segmentation.flood`` per seed;
 * watershed on the Sobel gradient from h-minima markers: ``gradient_magnitude``,
   ``h_minima_markers``, ``watershed_segments`` against the same three scikit-image calls;
 * k-means with 5 clusters on colours from the same k-means++ centres: ``lloyd_kmeans`` (float64)
   against ``sklearn.cluster.KMeans(init=centres, n_init=1, algorithm="lloyd")``.
 
-    python scripts/benchmarks/classic.py --images 20 --size 512 --repeats 3
+    python scripts/benchmarks/classic.py --images 20 --size 512 --repeats 3 [--tensor]
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=4, help="grid seeds per image side")
-    parser.add_argument("--with-dilation", action="store_true",
-                        help="also time region growing's dilation path (the accelerator path; minutes on CPU)")
+    parser.add_argument("--tensor", action="store_true",
+                        help="also time the tensor paths meant for accelerators (minutes on the CPU)")
     args = parser.parse_args()
 
     import skimage
@@ -107,13 +109,17 @@ def main() -> None:
     print("| method | ours (ms) | library loop (ms) | ratio | identical |")
     print("|---|---|---|---|---|")
 
-    t_ours, ours = timed(lambda: otsu_thresholds(level_histograms(levels)), args.repeats)
+    backends = ("auto", "tensor") if args.tensor else ("auto",)
     t_ref, ref = timed(lambda: [threshold_otsu(g) for g in greys], args.repeats)
-    report("Otsu", t_ours, t_ref, ours.tolist() == [int(r) for r in ref])
+    for backend in backends:
+        t_ours, ours = timed(lambda: otsu_thresholds(level_histograms(levels, backend=backend)), args.repeats)
+        report(f"Otsu ({backend})", t_ours, t_ref, ours.tolist() == [int(r) for r in ref])
 
-    t_ours, ours = timed(lambda: multi_otsu_thresholds(level_histograms(levels), 3), args.repeats)
     t_ref, ref = timed(lambda: [threshold_multiotsu(g, 3) for g in greys], args.repeats)
-    report("multi-Otsu (3 classes)", t_ours, t_ref, ours.tolist() == [r.tolist() for r in ref])
+    for backend in backends:
+        t_ours, ours = timed(lambda: multi_otsu_thresholds(level_histograms(levels, backend=backend), 3,
+                                                           backend=backend), args.repeats)
+        report(f"multi-Otsu, 3 classes ({backend})", t_ours, t_ref, ours.tolist() == [r.tolist() for r in ref])
 
     step = args.size // args.seeds
     seeds = grid_seeds(args.size, args.size, step)
@@ -128,7 +134,7 @@ def main() -> None:
         return out
 
     t_ref, ref = timed(flood_loop, args.repeats)
-    for method in ("label", "dilation") if args.with_dilation else ("label",):
+    for method in ("flood", "label", "dilation") if args.tensor else ("flood",):
         t_ours, ours = timed(lambda: region_growing(levels, seeds, tolerance=12, connectivity=1, method=method),
                              args.repeats)
         report(f"region growing ({method}, {len(seeds)} seeds)", t_ours, t_ref,
@@ -151,11 +157,13 @@ def main() -> None:
 
     points = pixel_features(images)
     init = kmeans_plus_plus(points, 5, torch.Generator().manual_seed(0))
-    t_ours, ours = timed(lambda: lloyd_kmeans(points, init), args.repeats)
     t_ref, ref = timed(lambda: [KMeans(5, init=init[i].numpy(), n_init=1, algorithm="lloyd").fit(points[i].numpy())
                                 for i in range(len(images))], args.repeats)
-    report("k-means (5 clusters, colour)", t_ours, t_ref,
-           all(np.array_equal(ours.labels[i].numpy(), r.labels_) for i, r in enumerate(ref)))
+    for backend in backends:
+        t_ours, ours = timed(lambda: lloyd_kmeans(points, init, backend=backend), args.repeats)
+        report(f"k-means, 5 clusters, colour ({backend})", t_ours, t_ref,
+               all(np.array_equal(ours.labels[i].numpy(), r.labels_) and ours.inertia[i].item() == r.inertia_
+                   for i, r in enumerate(ref)))
 
 
 if __name__ == "__main__":

@@ -41,50 +41,65 @@ def load(root, rel: str, size: tuple[int, int] | None = None) -> torch.Tensor:
     return torch.from_numpy(np.array(im)).permute(2, 0, 1)
 
 
+@pytest.mark.parametrize("backend", ["library", "tensor"])
 @pytest.mark.parametrize("channel", [None, 0, 2])
-def test_otsu_and_multi_otsu_equal_skimage_on_real_images(shared_data, channel):
+def test_otsu_and_multi_otsu_equal_skimage_on_real_images(shared_data, channel, backend):
     for rel in IMAGES:
         levels = grey_levels(load(shared_data, rel)[None], channel)
-        hist = level_histograms(levels)
+        hist = level_histograms(levels, backend=backend)
         grey = levels[0].numpy().astype(np.uint8)
         assert int(otsu_thresholds(hist)[0]) == int(skimage_filters.threshold_otsu(grey)), rel
         for classes in (3, 4):
             want = skimage_filters.threshold_multiotsu(grey, classes).tolist()
-            assert multi_otsu_thresholds(hist, classes)[0].tolist() == want, (rel, classes)
+            assert multi_otsu_thresholds(hist, classes, backend=backend)[0].tolist() == want, (rel, classes)
 
 
-def test_otsu_batched_equals_one_image_at_a_time_and_masks_padding():
+def test_histogram_backends_agree_with_a_padding_mask():
+    g = torch.Generator().manual_seed(3)
+    levels = torch.randint(0, 256, (3, 17, 23), generator=g)
+    valid = torch.rand(3, 17, 23, generator=g) > 0.3
+    want = np.stack([np.histogram(levels[i][valid[i]].numpy(), bins=256, range=(0, 256))[0] for i in range(3)])
+    for backend in ("library", "tensor"):
+        assert np.array_equal(level_histograms(levels, valid=valid, backend=backend).numpy(), want)
+
+
+@pytest.mark.parametrize("backend", ["library", "tensor"])
+def test_otsu_batched_equals_one_image_at_a_time_and_masks_padding(backend):
     g = torch.Generator().manual_seed(0)
     levels = torch.randint(0, 256, (4, 20, 30), generator=g)
     levels[1] = torch.where(levels[1] > 128, 200, 40)  # two levels with a gap: the first level wins
     levels[2] = 7  # a single level
-    hist = level_histograms(levels)
+    hist = level_histograms(levels, backend=backend)
     batched = otsu_thresholds(hist)
     for i in range(4):
-        one = otsu_thresholds(level_histograms(levels[i : i + 1]))
+        one = otsu_thresholds(level_histograms(levels[i : i + 1], backend=backend))
         assert int(one[0]) == int(batched[i])
         grey = levels[i].numpy().astype(np.uint8)
         assert int(batched[i]) == int(skimage_filters.threshold_otsu(grey))
     valid = torch.zeros(4, 20, 30, dtype=torch.bool)
     valid[:, :10] = True
-    masked = otsu_thresholds(level_histograms(levels, valid=valid))
+    masked = otsu_thresholds(level_histograms(levels, valid=valid, backend=backend))
     for i in range(4):
         grey = levels[i, :10].numpy().astype(np.uint8)
         assert int(masked[i]) == int(skimage_filters.threshold_otsu(grey))
     classes = threshold_classes(levels, batched)
     assert torch.equal(classes, (levels > batched[:, None, None]).long())
     with pytest.raises(ValueError, match="distinct levels"):
-        multi_otsu_thresholds(hist, 3)  # image 1 has two levels, image 2 one
+        multi_otsu_thresholds(hist, 3, backend=backend)  # image 1 has two levels, image 2 one
     full = level_histograms(levels[[0, 3]])
-    assert torch.equal(multi_otsu_thresholds(full, 3, chunk_elements=100), multi_otsu_thresholds(full, 3))
+    assert torch.equal(multi_otsu_thresholds(full, 3, chunk_elements=100, backend="tensor"),
+                       multi_otsu_thresholds(full, 3, backend="library"))
 
 
+@pytest.mark.parametrize("backend", ["library", "library_fallback", "tensor"])
 @pytest.mark.parametrize("spatial_weight", [0.0, 2.0])
-def test_kmeans_equals_sklearn_from_the_same_centres(shared_data, spatial_weight):
+def test_kmeans_equals_sklearn_from_the_same_centres(shared_data, spatial_weight, backend, monkeypatch):
     images = torch.stack([load(shared_data, rel, (64, 48)) for rel in IMAGES[:4]])
     points = pixel_features(images, spatial_weight)
     init = kmeans_plus_plus(points, 5, torch.Generator().manual_seed(0))
-    ours = lloyd_kmeans(points, init)
+    if backend == "library_fallback":  # scikit-learn's kernel not importable: the public estimator
+        monkeypatch.setattr("lightning_seg.classic.kmeans._lloyd_kernel", lambda: None)
+    ours = lloyd_kmeans(points, init, backend=backend.removesuffix("_fallback"))
     for i in range(len(images)):
         ref = sklearn_cluster.KMeans(5, init=init[i].numpy(), n_init=1, algorithm="lloyd", tol=1e-4,
                                      max_iter=300).fit(points[i].numpy())
@@ -94,12 +109,13 @@ def test_kmeans_equals_sklearn_from_the_same_centres(shared_data, spatial_weight
         np.testing.assert_allclose(ours.centers[i].numpy(), ref.cluster_centers_, rtol=1e-12, atol=1e-9)
 
 
-def test_kmeans_relocates_empty_clusters_as_sklearn():
+@pytest.mark.parametrize("backend", ["library", "tensor"])
+def test_kmeans_relocates_empty_clusters_as_sklearn(backend):
     g = torch.Generator().manual_seed(1)
     points = torch.cat([torch.randn(40, 2, generator=g, dtype=torch.float64),
                         torch.randn(40, 2, generator=g, dtype=torch.float64) + 6])[None]
     init = torch.tensor([[[0.0, 0.0], [6.0, 6.0], [100.0, 100.0]]], dtype=torch.float64)  # the third gets no point
-    ours = lloyd_kmeans(points, init)
+    ours = lloyd_kmeans(points, init, backend=backend)
     ref = sklearn_cluster.KMeans(3, init=init[0].numpy(), n_init=1, algorithm="lloyd").fit(points[0].numpy())
     assert np.array_equal(ours.labels[0].numpy(), ref.labels_)
     assert ours.inertia[0].item() == pytest.approx(ref.inertia_, rel=1e-12)

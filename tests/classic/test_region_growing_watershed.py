@@ -3,6 +3,8 @@ constructed basins whose answer is known."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -29,8 +31,11 @@ def grey(root, size=(80, 60)) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("connectivity", [1, 2])
-@pytest.mark.parametrize("method", ["label", "dilation"])
-def test_seed_mode_equals_skimage_flood_on_a_real_image(shared_data, connectivity, method):
+@pytest.mark.parametrize("method", ["flood", "flood_fallback", "label", "dilation"])
+def test_seed_mode_equals_skimage_flood_on_a_real_image(shared_data, connectivity, method, monkeypatch):
+    if method == "flood_fallback":  # scikit-image's kernel not importable: flood itself per seed
+        monkeypatch.setattr(sys.modules["lightning_seg.classic.region_growing"], "_flood_kernel", lambda: None)
+        method = "flood"
     levels = grey(shared_data)[None]
     seeds = grid_seeds(60, 80, 20)[None]
     labels = region_growing(levels, seeds, tolerance=12, connectivity=connectivity, method=method)
@@ -93,6 +98,26 @@ def test_region_growing_errors_and_gradient_seeds():
         region_growing(levels, torch.tensor([[0, 0]]), tolerance=1, connectivity=3)
     with pytest.raises(ValueError, match="dilation method only"):
         region_growing(levels, torch.tensor([[0, 0]]), tolerance=1, mode="mean", method="label")
+    with pytest.raises(ValueError, match="one channel"):
+        region_growing(levels[:, None].expand(2, 3, 10, 12), torch.tensor([[0, 0]]), tolerance=1, method="flood")
+
+
+def test_watershed_pipeline_equals_skimage_on_a_real_image(shared_data):
+    from scipy import ndimage
+    from skimage.filters import sobel
+    from skimage.morphology import h_minima
+
+    levels = torch.stack([grey(shared_data), grey(shared_data).flip(1)])
+    grad = gradient_magnitude(levels)
+    markers = h_minima_markers(grad, 2.0)
+    for compactness in (0.0, 0.01):
+        basins = watershed_segments(grad, markers, compactness=compactness)
+        for i in range(2):
+            g = sobel(levels[i].numpy().astype(np.float64))
+            m = ndimage.label(h_minima(g, 2.0))[0]
+            assert np.array_equal(grad[i].numpy(), g) and np.array_equal(markers[i].numpy(), m)
+            assert np.array_equal(basins[i].numpy(), skimage_segmentation.watershed(g, m, compactness=compactness))
+    assert len(torch.unique(basins[0])) > 5
 
 
 def test_watershed_splits_touching_discs_at_their_neck():

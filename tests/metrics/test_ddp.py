@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from lightning_seg.metrics import (
     AverageSurfaceDistance,
     BoundaryIoU,
+    ClusterMatchedIoU,
     MaskAP,
     PanopticQuality,
     ParsingCovering,
@@ -32,6 +33,10 @@ def _make_metrics():
         "biou": BoundaryIoU(K),
         "trimap": TrimapAccuracy(2),
         "assd": AverageSurfaceDistance(K),
+        # the Hungarian matching runs on the confusion summed over both ranks
+        "cluster_hungarian": ClusterMatchedIoU(K, num_clusters=K + 1),
+        "cluster_majority": ClusterMatchedIoU(K),
+        "pc_agnostic": ParsingCovering(IS_THING, class_agnostic=True),
     }
 
 
@@ -67,6 +72,11 @@ def _update(metrics, batch):
     metrics["biou"].update(pcat, cat)
     metrics["trimap"].update(pcat, cat)
     metrics["assd"].update(pcat, cat)
+    # cluster ids: the predicted classes renamed (and one more cluster), per image segments: (class, instance)
+    clusters = (pcat + 1) % (K + 1)
+    metrics["cluster_hungarian"].update(list(clusters), list(cat))
+    metrics["cluster_majority"].update(list(pcat * 2 + inst), list(cat))
+    metrics["pc_agnostic"].update(torch.stack([(pcat + 1) % K, inst], -1), torch.stack([cat, inst], -1))
 
 
 def _results(metrics):

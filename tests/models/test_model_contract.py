@@ -319,3 +319,96 @@ def test_torch_compile_matches_eager(case):
         want, got = task.model(x), compiled(x)
     for u, v in zip(flat(got), flat(want)):
         torch.testing.assert_close(u, v, rtol=1e-3, atol=1e-4)
+
+
+# --- classic methods: parameter-free predictors run by ClassicSegmentationModule ------------------
+CLASSIC_CASES: dict[str, dict[str, Any]] = {
+    "otsu": dict(class_path="OtsuThresholding", init_args=dict(classes=2)),
+    "multi_otsu": dict(class_path="OtsuThresholding", init_args=dict(classes=3)),
+    "region_growing": dict(class_path="RegionGrowing", init_args=dict(tolerance=40, num_seeds=4)),
+    "region_growing_colour_minima": dict(class_path="RegionGrowing", init_args=dict(
+        tolerance=60, num_seeds=3, seeds="gradient_minima", features="colour", connectivity=2)),
+    "region_growing_mean": dict(class_path="RegionGrowing", init_args=dict(tolerance=40, num_seeds=4, mode="mean")),
+    "watershed": dict(class_path="MarkerWatershed", init_args=dict(h=20.0)),
+    "watershed_distance_peaks": dict(class_path="MarkerWatershed", init_args=dict(markers="distance_peaks",
+                                                                                  compactness=0.01)),
+    "kmeans": dict(class_path="KMeansSegmentation", init_args=dict(num_clusters=3)),
+    "kmeans_slic_like": dict(class_path="KMeansSegmentation", init_args=dict(num_clusters=4, spatial_weight=1.0)),
+}
+
+
+def build_classic(case: str, **overrides: Any):
+    import lightning_seg.classic as classic
+    from lightning_seg.tasks import ClassicSegmentationModule
+
+    spec = CLASSIC_CASES[case]
+    method = getattr(classic, spec["class_path"])(**{**spec["init_args"], **overrides})
+    return ClassicSegmentationModule(num_classes=K, thing_classes=THINGS, num_overlays=0, method=method)
+
+
+def smooth_samples(*sizes: tuple[int, int]) -> list[dict[str, Any]]:
+    """Like :func:`sample`, with images of flat coloured rectangles (segmentable, so every
+    method produces more than one segment)."""
+    g = torch.Generator().manual_seed(5)
+    out = []
+    for i, (h, w) in enumerate(sizes):
+        s = sample(h, w, seed=i)
+        img = torch.full((3, h, w), 128, dtype=torch.uint8)
+        for m in s["masks"]:
+            img[:, m] = torch.randint(0, 256, (3, 1), dtype=torch.uint8, generator=g)
+        out.append(s | {"image": img})
+    return out
+
+
+def smooth_batch(*sizes: tuple[int, int]):
+    return collate(smooth_samples(*sizes), size_divisibility=1)
+
+
+@pytest.mark.parametrize("case", CLASSIC_CASES)
+def test_classic_predictions_at_odd_sizes_and_padding_ignored(case):
+    task = build_classic(case).eval()
+    assert not list(task.parameters()) and not task.state_dict()
+    samples = smooth_samples((37, 45), (30, 41))
+    b = collate(samples, size_divisibility=1)
+    n = task.model.num_clusters
+    for key, at_original in (("target_size", False), ("orig_size", True)):
+        preds = task.predict(b, at_original_size=at_original)
+        assert set(preds) == {"segments"}
+        for seg, t in zip(preds["segments"], b["targets"]):
+            assert seg.dtype == torch.int64 and tuple(seg.shape) == tuple(t[key])
+            assert int(seg.min()) >= -1 and len(torch.unique(seg)) > 1
+            if n is not None:
+                assert int(seg.max()) < n
+    # the padded second image gives what it gives alone: padding is never looked at
+    alone = task.predict(collate(samples[1:], size_divisibility=1), at_original_size=False)
+    assert torch.equal(alone["segments"][0], task.predict(b, at_original_size=False)["segments"][1])
+
+
+# watershed is scikit-image's on every device, the running-mean growing has the tensor path only
+@pytest.mark.parametrize("case", [c for c in CLASSIC_CASES if not c.startswith("watershed") and c != "region_growing_mean"])
+def test_classic_tensor_path_equals_library_path(case):
+    b = smooth_batch((33, 40), (33, 40))
+    lib = build_classic(case, backend="library").predict(b, at_original_size=False)["segments"]
+    ten = build_classic(case, backend="tensor").predict(b, at_original_size=False)["segments"]
+    for u, v in zip(lib, ten):
+        assert torch.equal(u, v)
+
+
+def test_classic_task_refuses_what_it_cannot_do():
+    from lightning_seg.classic import OtsuThresholding
+    from lightning_seg.tasks import ClassicSegmentationModule
+
+    with pytest.raises(ValueError, match="model.extra_metrics"):
+        ClassicSegmentationModule(num_classes=K, method=OtsuThresholding(), extra_metrics=["boundary_iou"])
+    with pytest.raises(TypeError, match="model.method must be a lightning_seg.classic predictor"):
+        ClassicSegmentationModule(num_classes=K, method=torch.nn.Conv2d(3, 3, 1))
+    task = build_classic("otsu")
+    with pytest.raises(RuntimeError, match="nothing to fit"):
+        task.setup("fit")
+    with pytest.raises(RuntimeError, match="no loss"):
+        task.compute_losses(batch((20, 20)))
+    with pytest.raises(ValueError, match="positive square"):
+        build_classic("region_growing", num_seeds=5)
+    with pytest.raises(ValueError, match="'things' scores a two-cluster output"):
+        ClassicSegmentationModule(num_classes=K, thing_classes=THINGS, method=OtsuThresholding(classes=3),
+                                  segment_metrics=["things"])
