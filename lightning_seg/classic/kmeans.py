@@ -13,7 +13,10 @@ its own criterion.
 On the CPU (``backend="auto"``) each image runs scikit-learn's own Lloyd kernel with exactly
 ``KMeans.fit``'s preparation (tolerance from the variances, the points centred on their mean,
 the centres moved back), so its results are scikit-learn's by construction; the batched tensor
-iteration is for accelerators.
+iteration is for accelerators. The two can part where scikit-learn leaves the order open: when
+two or more clusters are empty in one iteration (scikit-learn pairs them with the farthest
+points in ``argpartition`` order, the tensor path farthest first), or where two centres are
+at exactly equal distance from a point once rounded (scikit-learn computes on centred points).
 """
 
 from __future__ import annotations
@@ -135,7 +138,7 @@ def lloyd_kmeans(points: torch.Tensor, centers: torch.Tensor, max_iter: int = 30
         if bool(empty.any()):
             own = dist.gather(2, labels[..., None]).squeeze(-1)
             for i in torch.nonzero(empty.any(1)).flatten().tolist():
-                far = own[i].argsort(descending=True)
+                far = own[i].argsort(descending=True, stable=True)
                 for j, cl in enumerate(torch.nonzero(empty[i]).flatten().tolist()):
                     pt = int(far[j])
                     old = int(labels[i, pt])

@@ -42,27 +42,44 @@ def grid_seeds(height: int, width: int, step: int) -> torch.Tensor:
 def gradient_minima_seeds(levels: torch.Tensor, num_seeds: int, min_distance: int = 5) -> torch.Tensor:
     """Seeds at local minima of the gradient magnitude (flat regions), per image.
 
+    A pixel is a minimum when no pixel of its ``2 min_distance + 1`` window has a smaller
+    gradient; a connected plateau of such pixels (a flat region) gives one seed, its first pixel
+    in raster order. Seeds are ordered flattest first, ties by position, so every device and
+    batch gives the same seeds.
+
     Args:
         levels: float or int ``[B, H, W]`` grey levels.
-        num_seeds: seeds per image (the flattest local minima first).
-        min_distance: a minimum is the smallest gradient in its ``2 min_distance + 1`` window.
+        num_seeds: seeds per image.
+        min_distance: window half-size.
 
     Returns:
-        int64 ``[B, S, 2]`` ``(row, col)``; images with fewer minima repeat their flattest one.
+        int64 ``[B, S, 2]`` ``(row, col)``; images with fewer plateaus repeat their flattest one.
     """
+    from scipy import ndimage
+
+    if num_seeds < 1 or min_distance < 1:
+        raise ValueError(f"gradient_minima_seeds: num_seeds ({num_seeds}) and min_distance ({min_distance}) "
+                         "must be >= 1")
     x = levels.double()[:, None]
     gy = x[..., 1:, :] - x[..., :-1, :]
     gx = x[..., :, 1:] - x[..., :, :-1]
     grad = F.pad(gy.abs(), (0, 0, 0, 1)) + F.pad(gx.abs(), (0, 1, 0, 0))  # [B, 1, H, W]
     k = 2 * min_distance + 1
     local_min = -F.max_pool2d(-grad, k, stride=1, padding=min_distance)
-    is_min = grad <= local_min
-    score = torch.where(is_min, -grad, torch.tensor(float("-inf"), dtype=grad.dtype, device=grad.device)).flatten(1)
-    idx = score.topk(num_seeds, dim=1).indices  # [B, S]
-    best = score.argmax(1, keepdim=True)
-    idx = torch.where(score.gather(1, idx) > float("-inf"), idx, best)
+    is_min = (grad <= local_min)[:, 0].cpu().numpy()
+    g = grad[:, 0].cpu().numpy()
     w = levels.shape[-1]
-    return torch.stack([idx // w, idx % w], -1)
+    out = []
+    for minima, gi in zip(is_min, g):
+        lab, n = ndimage.label(minima, structure=np.ones((3, 3), dtype=bool))
+        flat = np.flatnonzero(lab)
+        first = np.full(n, lab.size, dtype=np.int64)
+        np.minimum.at(first, lab.ravel()[flat] - 1, flat)  # each plateau's first pixel
+        order = np.lexsort((first, gi.ravel()[first]))  # flattest first, then by position
+        idx = first[order][:num_seeds]
+        idx = np.concatenate([idx, np.full(num_seeds - len(idx), idx[0])])
+        out.append(np.stack([idx // w, idx % w], 1))
+    return torch.from_numpy(np.stack(out)).to(levels.device)
 
 
 def _structure(connectivity: int) -> np.ndarray:

@@ -8,9 +8,11 @@ mass ``P`` and first moment ``S`` (the first maximum in lexicographic order). Le
 image's ``[min, max]`` have no pixels and are never chosen. Computed in float64.
 
 On the CPU (``backend="auto"``) the histograms are numpy ``bincount`` of each image and the
-multi-level search is scikit-image's own (its lookup-table recursion on the histogram, so its
-results by construction); the tensor path (one ``bincount`` for the batch, an exhaustive search
-over level tuples) is for accelerators.
+thresholds scikit-image's own functions on those histograms (its results by construction); the
+tensor path (one ``bincount`` for the batch, the scores of every level or level tuple at once)
+is for accelerators. scikit-image scores in float32 and the tensor path in float64, so on a
+histogram whose best two levels (tuples) score within float32 rounding of each other they can
+pick different ones; on the real sample images they agree (``tests/classic``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lightning_seg.classic.backend import Backend, map_images, use_library
+from lightning_seg.classic.backend import Backend, use_library
 
 __all__ = ["grey_levels", "level_histograms", "multi_otsu_thresholds", "otsu_thresholds", "threshold_classes"]
 
@@ -91,23 +93,44 @@ def _byte_histogram(x: np.ndarray) -> np.ndarray:
     return hist
 
 
+def _non_empty_range(row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A histogram cut to its first..last non-empty level, with those levels (scikit-image's
+    ``(counts, bin_centers)``, as it builds them from an integer image)."""
+    nz = np.flatnonzero(row)
+    lo, hi = int(nz[0]), int(nz[-1])
+    return row[lo : hi + 1], np.arange(lo, hi + 1)
+
+
 def _check_levels(levels: torch.Tensor, num_levels: int) -> None:
     if levels.numel() and (int(levels.min()) < 0 or int(levels.max()) >= num_levels):
         raise ValueError(f"level_histograms: levels must lie in [0, {num_levels}), got "
                          f"[{int(levels.min())}, {int(levels.max())}]")
 
 
-def otsu_thresholds(hist: torch.Tensor) -> torch.Tensor:
+def otsu_thresholds(hist: torch.Tensor, backend: Backend = "auto") -> torch.Tensor:
     """Otsu's threshold of each histogram (the module docstring's rule).
 
     Args:
         hist: float ``[B, L]`` pixel counts per level.
+        backend: ``library`` (``skimage.filters.threshold_otsu`` on each histogram, cut to its
+            non-empty range as scikit-image cuts an image's own), ``tensor`` or ``auto``
+            (library on the CPU).
 
     Returns:
         int64 ``[B]`` levels: pixels ``> t`` are the upper class. An image of one level returns
         that level.
     """
     counts = hist.double()
+    if use_library(backend, counts.device) and len(counts):
+        from skimage.filters import threshold_otsu
+
+        rows = counts.cpu().numpy()
+        if (rows.sum(1) == 0).any():
+            raise ValueError(f"otsu_thresholds: image {int(np.flatnonzero(rows.sum(1) == 0)[0])} has no pixels")
+        # one level: scikit-image's image rule returns it (its histogram form has no threshold to score)
+        out = [int(np.flatnonzero(row)[0]) if np.count_nonzero(row) == 1 else threshold_otsu(hist=_non_empty_range(row))
+               for row in rows]
+        return torch.tensor(out, dtype=torch.int64, device=counts.device)
     levels = torch.arange(counts.shape[1], dtype=torch.float64, device=counts.device)
     w1 = counts.cumsum(1)
     w2 = counts.flip(1).cumsum(1).flip(1)
@@ -154,13 +177,9 @@ def multi_otsu_thresholds(hist: torch.Tensor, classes: int = 3, chunk_elements: 
     if use_library(backend, counts.device):
         from skimage.filters import threshold_multiotsu
 
-        def one(row: np.ndarray) -> np.ndarray:
-            nz = np.flatnonzero(row)
-            lo, hi = int(nz[0]), int(nz[-1])
-            return threshold_multiotsu(hist=(row[lo : hi + 1], np.arange(lo, hi + 1)), classes=classes)
-
         rows = counts.cpu().numpy()
-        out = np.stack(map_images(one, list(rows))) if b else np.zeros((0, classes - 1))
+        out = np.stack([threshold_multiotsu(hist=_non_empty_range(row), classes=classes) for row in rows]) \
+            if b else np.zeros((0, classes - 1))
         return torch.from_numpy(out.astype(np.int64)).to(counts.device)
     prob = counts / counts.sum(1, keepdim=True)
     levels = torch.arange(n, dtype=torch.float64, device=counts.device)
@@ -197,7 +216,7 @@ def threshold_classes(levels: torch.Tensor, thresholds: torch.Tensor) -> torch.T
     """Class of every pixel: the number of thresholds below its level.
 
     Args:
-        levels: int64 ``[B, H, W]``; thresholds: int64 ``[B]`` or ``[B, m]`` (increasing).
+        levels: integer ``[B, H, W]``; thresholds: int64 ``[B]`` or ``[B, m]`` (increasing).
 
     Returns:
         int64 ``[B, H, W]`` in ``[0, m]``.

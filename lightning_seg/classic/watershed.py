@@ -34,22 +34,25 @@ def h_minima_markers(gradient: torch.Tensor, h: float) -> torch.Tensor:
     return _stacked(map_images(lambda g: ndimage.label(h_minima(g, h))[0], list(x)), x.shape, gradient.device).long()
 
 
-def distance_peak_markers(foreground: torch.Tensor, min_distance: int = 5) -> torch.Tensor:
+def distance_peak_markers(foreground: torch.Tensor, min_distance: int = 5,
+                          distance: torch.Tensor | None = None) -> torch.Tensor:
     """Markers at the peaks of the Euclidean distance to the background of a binary image
-    (``skimage.feature.peak_local_max`` on ``scipy.ndimage.distance_transform_edt``), one label per
-    peak: bool ``[B, H, W]`` -> int64 ``[B, H, W]`` (0 = none)."""
+    (``skimage.feature.peak_local_max`` on ``scipy.ndimage.distance_transform_edt``, border peaks
+    included), one label per peak: bool ``[B, H, W]`` -> int64 ``[B, H, W]`` (0 = none).
+    ``distance``: the distance maps float ``[B, H, W]`` when already computed."""
     from scipy import ndimage
     from skimage.feature import peak_local_max
 
-    def one(fg: np.ndarray) -> np.ndarray:
-        dist = ndimage.distance_transform_edt(fg)
-        peaks = peak_local_max(dist, min_distance=min_distance, labels=fg.astype(np.int32))
+    def one(i: int) -> np.ndarray:
+        dist = ndimage.distance_transform_edt(fg[i]) if dists is None else dists[i]
+        peaks = peak_local_max(dist, min_distance=min_distance, labels=fg[i].astype(np.int32), exclude_border=False)
         m = np.zeros(dist.shape, dtype=np.int64)
         m[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
         return m
 
-    x = foreground.detach().cpu().numpy()
-    return _stacked(map_images(one, list(x)), x.shape, foreground.device)
+    fg = foreground.detach().cpu().numpy()
+    dists = None if distance is None else distance.detach().cpu().numpy()
+    return _stacked(map_images(one, list(range(fg.shape[0]))), fg.shape, foreground.device)
 
 
 def watershed_segments(elevation: torch.Tensor, markers: torch.Tensor, connectivity: Literal[1, 2] = 1,

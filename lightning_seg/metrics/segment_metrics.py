@@ -21,7 +21,8 @@ group              logged names
                    share of the image, so larger ones come first
 ``covering``       ``covering agnostic_PC agnostic_PC_th agnostic_PC_st``: each ground-truth
                    segment's best IoU with any segment, area-weighted over all segments
-                   (segmentation covering, Arbelaez et al.) or per class then averaged
+                   with every image weighing the same (segmentation covering, Arbelaez et
+                   al.) or per class then averaged
                    (DeepLab's parsing covering with class-agnostic matching), crowd void
 =================  ===========================================================================
 
@@ -88,6 +89,9 @@ class SegmentMetrics(nn.Module):
         groups: the metric groups (module docstring); default: all that apply (``things``
             needs ``num_clusters == 2`` and both things and stuff classes).
         min_segment_area: segments smaller than this are not instances in ``agnostic_ap``.
+        connectivity: 1 (4-neighbours) or 2 (8-neighbours): what makes a segment connected
+            for ``agnostic_ap`` and ``covering`` (the method's own, so a region it grew in 8
+            directions stays one).
         average: ``present`` or ``all`` class means.
         key: config key named in errors.
     """
@@ -100,6 +104,7 @@ class SegmentMetrics(nn.Module):
         ignore_index: int = 255,
         groups: Sequence[SegmentMetricGroup] | None = None,
         min_segment_area: int = 0,
+        connectivity: int = 1,
         average: Literal["present", "all"] = "present",
         key: str = "model",
     ) -> None:
@@ -119,6 +124,7 @@ class SegmentMetrics(nn.Module):
         self.groups = tuple(groups)
         self.ignore_index = ignore_index
         self.min_segment_area = min_segment_area
+        self.connectivity = connectivity
         self.register_buffer("thing_of_class", torch.tensor([c in things for c in range(num_classes)]),
                              persistent=False)
         m = nn.ModuleDict()
@@ -160,7 +166,7 @@ class SegmentMetrics(nn.Module):
             self.metrics["things"].update(clusters, binary)
         if "agnostic_ap" not in self.metrics and "covering" not in self.metrics:
             return
-        regions = [connected_segments(s) for s in segs]
+        regions = [connected_segments(s, self.connectivity) for s in segs]
         if "agnostic_ap" in self.metrics:
             inst = [segments_as_instances(r, self.metrics["agnostic_ap"].max_detections, self.min_segment_area)
                     for r in regions]

@@ -113,7 +113,7 @@ class TaskMetrics(nn.Module):
                 "parsing_covering": lambda: ParsingCovering(is_thing),
                 "unsupervised": lambda: SegmentMetrics(num_classes, thing_classes, num_classes, ignore_index,
                                                        ("matched", "agnostic_ap", "covering"),
-                                                       average=semantic_average),
+                                                       average=semantic_average, key=key),
             }[name]()
         self.metrics = m
 
@@ -208,9 +208,10 @@ def _as_unlabelled(preds: Mapping[str, Sequence[Any]]) -> dict[str, list[Tensor]
                 segments.append(torch.full_like(seg, -1))
                 categories.append(torch.full_like(seg, -1))
                 continue
-            match = seg[..., None] == ids  # [H, W, S]
-            found = match.any(-1)
-            index = match.long().argmax(-1)
+            order = ids.argsort()
+            pos = torch.searchsorted(ids[order], seg).clamp(max=len(ids) - 1)
+            found = ids[order][pos] == seg
+            index = order[pos]
             segments.append(torch.where(found, index, -1))
             categories.append(torch.where(found, cats[index], -1))
     clusters = list(preds["semantic"]) if "semantic" in preds else categories

@@ -67,7 +67,8 @@ class ClassicSegmentationModule(SegTask):
     def configure_metrics(self) -> nn.Module:
         hp = self.hparams
         return SegmentMetrics(self.num_classes, self.thing_classes, self.model.num_clusters, self.ignore_index,
-                              hp.segment_metrics, hp.min_segment_area, hp.metric_average)
+                              hp.segment_metrics, hp.min_segment_area, getattr(self.model, "connectivity", 1),
+                              hp.metric_average)
 
     def available_kinds(self) -> tuple[Any, ...]:
         return ("segments",)

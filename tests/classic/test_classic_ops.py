@@ -48,7 +48,7 @@ def test_otsu_and_multi_otsu_equal_skimage_on_real_images(shared_data, channel, 
         levels = grey_levels(load(shared_data, rel)[None], channel)
         hist = level_histograms(levels, backend=backend)
         grey = levels[0].numpy().astype(np.uint8)
-        assert int(otsu_thresholds(hist)[0]) == int(skimage_filters.threshold_otsu(grey)), rel
+        assert int(otsu_thresholds(hist, backend)[0]) == int(skimage_filters.threshold_otsu(grey)), rel
         for classes in (3, 4):
             want = skimage_filters.threshold_multiotsu(grey, classes).tolist()
             assert multi_otsu_thresholds(hist, classes, backend=backend)[0].tolist() == want, (rel, classes)
@@ -70,15 +70,15 @@ def test_otsu_batched_equals_one_image_at_a_time_and_masks_padding(backend):
     levels[1] = torch.where(levels[1] > 128, 200, 40)  # two levels with a gap: the first level wins
     levels[2] = 7  # a single level
     hist = level_histograms(levels, backend=backend)
-    batched = otsu_thresholds(hist)
+    batched = otsu_thresholds(hist, backend)
     for i in range(4):
-        one = otsu_thresholds(level_histograms(levels[i : i + 1], backend=backend))
+        one = otsu_thresholds(level_histograms(levels[i : i + 1], backend=backend), backend)
         assert int(one[0]) == int(batched[i])
         grey = levels[i].numpy().astype(np.uint8)
         assert int(batched[i]) == int(skimage_filters.threshold_otsu(grey))
     valid = torch.zeros(4, 20, 30, dtype=torch.bool)
     valid[:, :10] = True
-    masked = otsu_thresholds(level_histograms(levels, valid=valid, backend=backend))
+    masked = otsu_thresholds(level_histograms(levels, valid=valid, backend=backend), backend)
     for i in range(4):
         grey = levels[i, :10].numpy().astype(np.uint8)
         assert int(masked[i]) == int(skimage_filters.threshold_otsu(grey))

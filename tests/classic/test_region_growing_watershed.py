@@ -90,8 +90,12 @@ def test_region_growing_errors_and_gradient_seeds():
     levels[:, :, 6:] = 100
     seeds = gradient_minima_seeds(levels, 2, min_distance=2)
     assert seeds.shape == (2, 2, 2)
+    # one seed per flat half (each plateau once), at its first pixel, the left half first
+    assert seeds[0].tolist() == [[0, 0], [0, 6]] and torch.equal(seeds[0], seeds[1])
     labels = region_growing(levels, seeds, tolerance=0)
-    assert set(torch.unique(labels[0]).tolist()) <= {0, 1, 2}
+    assert torch.equal(labels[0], torch.where(levels[0] > 0, 2, 1))
+    # more seeds than plateaus: the flattest one repeats
+    assert gradient_minima_seeds(levels[:1], 3, min_distance=2)[0].tolist() == [[0, 0], [0, 6], [0, 0]]
     with pytest.raises(ValueError, match="inside the 10x12 image"):
         region_growing(levels, torch.tensor([[10, 0]]), tolerance=1)
     with pytest.raises(ValueError, match="connectivity"):

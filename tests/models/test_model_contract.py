@@ -329,9 +329,13 @@ CLASSIC_CASES: dict[str, dict[str, Any]] = {
     "region_growing_colour_minima": dict(class_path="RegionGrowing", init_args=dict(
         tolerance=60, num_seeds=3, seeds="gradient_minima", features="colour", connectivity=2)),
     "region_growing_mean": dict(class_path="RegionGrowing", init_args=dict(tolerance=40, num_seeds=4, mode="mean")),
+    "region_growing_given": dict(class_path="RegionGrowing", init_args=dict(
+        tolerance=40, seeds="given", positions=[(0.1, 0.1), (0.5, 0.5), (1.0, 1.0)])),
     "watershed": dict(class_path="MarkerWatershed", init_args=dict(h=20.0)),
     "watershed_distance_peaks": dict(class_path="MarkerWatershed", init_args=dict(markers="distance_peaks",
                                                                                   compactness=0.01)),
+    "watershed_distance_elevation": dict(class_path="MarkerWatershed", init_args=dict(
+        markers="distance_peaks", elevation="distance", foreground="dark")),
     "kmeans": dict(class_path="KMeansSegmentation", init_args=dict(num_clusters=3)),
     "kmeans_slic_like": dict(class_path="KMeansSegmentation", init_args=dict(num_clusters=4, spatial_weight=1.0)),
 }
@@ -384,6 +388,23 @@ def test_classic_predictions_at_odd_sizes_and_padding_ignored(case):
     assert torch.equal(alone["segments"][0], task.predict(b, at_original_size=False)["segments"][1])
 
 
+@pytest.mark.parametrize("case", CLASSIC_CASES)
+def test_classic_segments_do_not_depend_on_the_batch(case):
+    task = build_classic(case).eval()
+    samples = smooth_samples((31, 38), (31, 38), (31, 38))
+    together = task.predict(collate(samples, size_divisibility=1), at_original_size=False)["segments"]
+    for i in range(3):
+        alone = task.predict(collate(samples[i : i + 1], size_divisibility=1), at_original_size=False)["segments"][0]
+        assert torch.equal(alone, together[i]), i
+
+
+def test_classic_watershed_of_a_flat_image_is_one_basin():
+    task = build_classic("watershed").eval()
+    flat = sample(20, 24, seed=0) | {"image": torch.full((3, 20, 24), 90, dtype=torch.uint8)}
+    seg = task.predict(collate([flat], size_divisibility=1), at_original_size=False)["segments"][0]
+    assert torch.equal(seg, torch.zeros(20, 24, dtype=torch.long))
+
+
 # watershed is scikit-image's on every device, the running-mean growing has the tensor path only
 @pytest.mark.parametrize("case", [c for c in CLASSIC_CASES if not c.startswith("watershed") and c != "region_growing_mean"])
 def test_classic_tensor_path_equals_library_path(case):
@@ -409,6 +430,18 @@ def test_classic_task_refuses_what_it_cannot_do():
         task.compute_losses(batch((20, 20)))
     with pytest.raises(ValueError, match="positive square"):
         build_classic("region_growing", num_seeds=5)
+    with pytest.raises(ValueError, match=r"positions must be \(row, col\) fractions"):
+        build_classic("region_growing_given", positions=[(0.5, 1.5)])
+    with pytest.raises(ValueError, match="positions are used by seeds='given' only"):
+        build_classic("region_growing", positions=[(0.5, 0.5)])
+    with pytest.raises(ValueError, match="tolerance"):
+        build_classic("region_growing", tolerance=-1)
+    with pytest.raises(ValueError, match="spatial_weight"):
+        build_classic("kmeans", spatial_weight=-1.0)
+    with pytest.raises(ValueError, match="compactness"):
+        build_classic("watershed", compactness=-0.5)
+    with pytest.raises(ValueError, match="channel must be None, 0, 1 or 2"):
+        build_classic("otsu", channel=3)
     with pytest.raises(ValueError, match="'things' scores a two-cluster output"):
         ClassicSegmentationModule(num_classes=K, thing_classes=THINGS, method=OtsuThresholding(classes=3),
                                   segment_metrics=["things"])
