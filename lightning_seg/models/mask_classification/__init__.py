@@ -6,6 +6,10 @@ from lightning_seg.models.mask_classification.deformable_attention import (
 )
 from lightning_seg.models.mask_classification.dual_path import DualPathBlock
 from lightning_seg.models.mask_classification.fpn_pixel_decoder import FPNPixelDecoder
+from lightning_seg.models.mask_classification.hf_weights import (
+    convert_hf_mask2former_state_dict,
+    load_hf_mask2former_weights,
+)
 from lightning_seg.models.mask_classification.masked_attention_decoder import (
     MaskedAttentionDecoder,
     attention_mask_from_logits,
@@ -29,5 +33,7 @@ __all__ = [
     "SinePositionEncoding",
     "StandardTransformerDecoder",
     "attention_mask_from_logits",
+    "convert_hf_mask2former_state_dict",
+    "load_hf_mask2former_weights",
     "multi_scale_deformable_attention",
 ]

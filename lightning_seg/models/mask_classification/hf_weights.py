@@ -1,0 +1,123 @@
+"""HF transformers' ``Mask2FormerForUniversalSegmentation`` weights -> :class:`Mask2Former`.
+
+The two models hold the same tensors under other names, except the decoder's cross-attention,
+which HF keeps as one fused ``in_proj`` (split here into ``q``, ``k``, ``v``). With a timm
+backbone (HF's ``TimmBackbone``) the conversion gives HF's ``class_queries_logits``,
+``masks_queries_logits`` and auxiliary logits on the same input (HF takes normalised pixels,
+ours normalises inside; ``tests/models/test_mask2former_hf.py``). An HF decoder of
+``decoder_layers = L`` builds ``L - 1`` layers: ours takes ``num_decoder_layers = L - 1``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+_PIXEL = "model.pixel_level_module."
+_TRANSFORMER = "model.transformer_module."
+
+_ENCODER_LAYER = {"self_attn_layer_norm": "norm1", "fc1": "ffn.linear1", "fc2": "ffn.linear2",
+                  "final_layer_norm": "norm2"}
+_DECODER_LAYER = {"self_attn_layer_norm": "norm_self", "cross_attn_layer_norm": "norm_cross",
+                  "fc1": "ffn.linear1", "fc2": "ffn.linear2", "final_layer_norm": "norm_ffn"}
+_RULES: list[tuple[str, str]] = [
+    (r"^model\.pixel_level_module\.encoder\._backbone\.", "backbone.model."),
+    (r"^model\.pixel_level_module\.decoder\.level_embed$", "pixel_decoder.level_embed"),
+    (r"^model\.pixel_level_module\.decoder\.input_projections\.", "pixel_decoder.input_proj."),
+    (r"^model\.pixel_level_module\.decoder\.mask_projection\.", "pixel_decoder.mask_features."),
+    (r"^model\.transformer_module\.queries_embedder\.", "transformer_decoder.query_embed."),
+    (r"^model\.transformer_module\.queries_features\.", "transformer_decoder.query_feat."),
+    (r"^model\.transformer_module\.level_embed\.", "transformer_decoder.level_embed."),
+    (r"^model\.transformer_module\.input_projections\.", "transformer_decoder.input_proj."),
+    (r"^model\.transformer_module\.decoder\.layernorm\.", "transformer_decoder.decoder_norm."),
+    (r"^model\.transformer_module\.decoder\.mask_predictor\.mask_embedder\.(\d+)\.0\.",
+     r"transformer_decoder.mask_embed.layers.\1."),
+    (r"^class_predictor\.", "transformer_decoder.class_embed."),
+]
+_DROPPED = (r"^criterion\.",)
+
+
+def _rename_layer(rest: str, table: dict[str, str]) -> str:
+    for old, new in table.items():
+        if rest == old or rest.startswith(old + "."):
+            return new + rest[len(old):]
+    return rest
+
+
+def convert_hf_mask2former_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename (and split the fused cross-attention of) an HF ``Mask2FormerForUniversalSegmentation``
+    state dict to ours.
+
+    Raises ``ValueError`` naming the keys no rule covers (e.g. an HF Swin or ResNet backbone,
+    whose layouts are not timm's).
+    """
+    adapters = {int(m.group(1)) for k in state_dict if (m := re.match(r"^model\.pixel_level_module\.decoder\."
+                                                                       r"adapter_(\d+)\.", k))}
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        if any(re.match(p, key) for p in _DROPPED):
+            continue
+        m = re.match(r"^model\.pixel_level_module\.decoder\.encoder\.layers\.(\d+)\.(.*)$", key)
+        if m:
+            out[f"pixel_decoder.encoder_layers.{m.group(1)}.{_rename_layer(m.group(2), _ENCODER_LAYER)}"] = value
+            continue
+        m = re.match(r"^model\.pixel_level_module\.decoder\.(adapter|layer)_(\d+)\.(.*)$", key)
+        if m:
+            # HF numbers the FPN levels finest last from 1, ours coarsest first from 0
+            index = len(adapters) - int(m.group(2))
+            out[f"pixel_decoder.{'lateral_convs' if m.group(1) == 'adapter' else 'output_convs'}.{index}.{m.group(3)}"] = value
+            continue
+        m = re.match(r"^model\.transformer_module\.decoder\.layers\.(\d+)\.(.*)$", key)
+        if m:
+            prefix, rest = f"transformer_decoder.layers.{m.group(1)}.", m.group(2)
+            fused = re.match(r"^cross_attn\.in_proj_(weight|bias)$", rest)
+            if fused:
+                for name, part in zip(("q", "k", "v"), value.chunk(3, 0)):
+                    out[f"{prefix}cross_attn.{name}_proj.{fused.group(1)}"] = part.clone()
+            else:
+                out[prefix + _rename_layer(rest, _DECODER_LAYER)] = value
+            continue
+        for pattern, repl in _RULES:
+            if re.match(pattern, key):
+                out[re.sub(pattern, repl, key)] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"HF Mask2Former keys with no counterpart here: {unknown[:8]}"
+                         f"{' ...' if len(unknown) > 8 else ''}")
+    return out
+
+
+def load_hf_mask2former_weights(model: nn.Module, path: str | Path | dict[str, Tensor]) -> None:
+    """Load an HF Mask2Former state dict (a local ``.bin`` / ``.pth`` / ``.safetensors`` file, or
+    the dict) into ``model`` (a :class:`~lightning_seg.models.mask_classification.Mask2Former`
+    built with the same sizes and a timm backbone).
+
+    Raises ``ValueError`` naming the file and the missing / unexpected / mis-shaped keys; nothing
+    is loaded then.
+    """
+    if isinstance(path, dict):
+        state, name = path, "the given state dict"
+    else:
+        name = str(path)
+        if name.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(name)
+        else:
+            state = torch.load(name, map_location="cpu", weights_only=True)
+    converted = convert_hf_mask2former_state_dict(state)
+    own = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in converted.items()
+           if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in converted and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in converted if k not in own]
+    if bad or missing or unexpected:
+        raise ValueError(f"{name}: does not fit this Mask2Former: mis-shaped {bad[:5]}, missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    model.load_state_dict(converted, strict=False)

@@ -1,0 +1,72 @@
+"""HF transformers' Mask2Former weights converted into ours give HF's outputs (final and auxiliary)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_seg.models.mask_classification.hf_weights import (
+    convert_hf_mask2former_state_dict,
+    load_hf_mask2former_weights,
+)
+from lightning_seg.models.mask_classification.model import Mask2Former
+
+transformers = pytest.importorskip("transformers", reason="HF transformers (the reference extra) is not installed")
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+TINY = dict(conv_dim=32, mask_dim=32, enc_layers=1, enc_nheads=2, enc_dim_feedforward=64, num_queries=6,
+            hidden_dim=32, nheads=2, dim_feedforward=64, backbone="resnet18")
+
+
+def hf_model(decoder_layers: int = 4, seed: int = 0):
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        TimmBackboneConfig,
+    )
+
+    torch.manual_seed(seed)
+    backbone = TimmBackboneConfig(backbone="resnet18", out_indices=(1, 2, 3, 4), use_pretrained_backbone=False)
+    cfg = Mask2FormerConfig(backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32,
+                            encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1,
+                            decoder_layers=decoder_layers, num_attention_heads=2, num_queries=6, num_labels=4)
+    model = Mask2FormerForUniversalSegmentation(cfg).eval()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for m in model.modules():
+            if getattr(m, "running_mean", None) is not None:
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def test_hf_mask2former_weights_give_its_outputs_and_aux_outputs():
+    hf = hf_model(decoder_layers=4)
+    ours = Mask2Former(4, num_decoder_layers=3, **TINY).eval()  # HF builds decoder_layers - 1 layers
+    x = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fresh = ours(x)
+        load_hf_mask2former_weights(ours, hf.state_dict())
+        got = ours(x)
+        want = hf(pixel_values=(x - MEAN) / STD, output_auxiliary_logits=True)
+    assert not torch.allclose(fresh["pred_logits"], want.class_queries_logits, atol=1e-3)  # a fresh model differs
+    torch.testing.assert_close(got["pred_logits"], want.class_queries_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got["pred_masks"], want.masks_queries_logits, rtol=1e-5, atol=1e-5)
+    assert len(got["aux_outputs"]) == len(want.auxiliary_logits) == 3
+    for o, h in zip(got["aux_outputs"], want.auxiliary_logits):
+        torch.testing.assert_close(o["pred_logits"], h["class_queries_logits"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(o["pred_masks"], h["masks_queries_logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_hf_mask2former_weights_that_do_not_fit_are_refused_whole():
+    hf = hf_model(decoder_layers=3)
+    with pytest.raises(ValueError, match="keys with no counterpart here"):
+        convert_hf_mask2former_state_dict({"model.pixel_level_module.encoder.swin.embeddings.norm.weight": torch.zeros(1)})
+    wrong = Mask2Former(3, num_decoder_layers=2, **TINY)  # another class count than the checkpoint
+    before = {k: v.clone() for k, v in wrong.state_dict().items()}
+    with pytest.raises(ValueError, match="does not fit this Mask2Former: mis-shaped"):
+        load_hf_mask2former_weights(wrong, hf.state_dict())
+    assert all(torch.equal(v, wrong.state_dict()[k]) for k, v in before.items())  # nothing was loaded
+    deeper = Mask2Former(4, num_decoder_layers=3, **TINY)
+    with pytest.raises(ValueError, match="missing"):
+        load_hf_mask2former_weights(deeper, hf.state_dict())
