@@ -11,27 +11,83 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
+FORMATS = ("ours", "hf", "torchvision")
+"""Checkpoint formats ``init_from`` reads, named by a ``<format>:`` prefix (none: ``ours``)."""
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+
+
+def _converted(state: dict[str, torch.Tensor], fmt: str, model: nn.Module | None, key: str) -> dict[str, torch.Tensor]:
+    """A foreign state dict in the task's names (``model.`` + the model's own)."""
+    from lightning_seg.models.detr import DETR
+    from lightning_seg.models.mask_classification import Mask2Former, MaskFormer
+
+    name = type(model).__name__
+    if fmt == "hf" and isinstance(model, (Mask2Former, MaskFormer)):
+        from lightning_seg.models.mask_classification.hf_weights import (
+            convert_hf_mask2former_state_dict,
+            convert_hf_maskformer_state_dict,
+        )
+
+        convert = convert_hf_maskformer_state_dict if isinstance(model, MaskFormer) else convert_hf_mask2former_state_dict
+    elif fmt == "hf" and isinstance(model, DETR):
+        from lightning_seg.models.detr.hf_weights import (
+            convert_hf_detr_state_dict as convert,
+        )
+    elif fmt == "torchvision" and name in ("FCN", "DeepLabV3"):
+        from lightning_seg.models.per_pixel.torchvision_weights import (
+            convert_torchvision_state_dict as convert,
+        )
+    else:
+        raise ValueError(f"{key}: {fmt!r} checkpoints have no conversion into {name} (hf: Mask2Former, MaskFormer, "
+                         "DETR; torchvision: FCN, DeepLabV3; Mask R-CNN takes torchvision weights through "
+                         "model.torchvision_weights)")
+    return {f"model.{k}": v for k, v in convert(state).items()}
+
+
 def load_matching_weights(module: nn.Module, path: str | Path, key: str = "model.init_from") -> dict[str, list[str]]:
     """Load the tensors of a checkpoint whose names and shapes match ``module``'s state dict.
 
-    The file is read with ``weights_only=True`` (a Lightning checkpoint's ``state_dict`` or a
-    plain state dict). Tensors of another shape (the class head after a change of class count)
-    and tensors missing from the file keep their fresh initialisation; both are logged.
+    ``path`` may start with a format, ``{ours|hf|torchvision}:PATH`` (default ``ours``): ours is
+    a Lightning checkpoint's ``state_dict`` or a plain state dict of the task; ``hf`` an HF
+    transformers state dict (``.bin``, ``.pth`` or ``.safetensors``) of Mask2Former, MaskFormer
+    or DETR, converted to the task's model (:mod:`lightning_seg.models.mask_classification.hf_weights`,
+    :mod:`lightning_seg.models.detr.hf_weights`); ``torchvision`` torchvision's FCN / DeepLabV3
+    weights. Files are read with ``weights_only=True``. Tensors of another shape (the class head
+    after a change of class count) and tensors missing from the file keep their fresh
+    initialisation; both are logged, with the file's tensors that nothing took.
 
     Args:
-        module: the module to fill (in place).
-        path: checkpoint file.
+        module: the task to fill (in place; foreign formats fill its ``model``).
+        path: checkpoint file, optionally ``<format>:``-prefixed.
         key: the config key that named ``path``, for the error message.
 
     Returns:
         ``{"reinitialised": ["name (old shape) -> (new shape)", ...], "missing": [...],
         "unexpected": [...]}``.
     """
-    path = Path(path)
+    text = str(path)
+    fmt, sep, rest = text.partition(":")
+    if sep and fmt in FORMATS:
+        text = rest
+    elif sep and fmt.isidentifier() and fmt not in FORMATS and not Path(text).exists():
+        raise ValueError(f"{key}: unknown checkpoint format {fmt!r} in {str(path)!r}; use one of "
+                         f"{', '.join(f'{f}:PATH' for f in FORMATS)}")
+    else:
+        fmt = "ours"
+    path = Path(text)
     if not path.is_file():
         raise FileNotFoundError(f"{key}: checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+    state = _read_state(path)
+    if fmt != "ours":
+        state = _converted(state, fmt, getattr(module, "model", None), key)
     own = module.state_dict()
     loadable, reshaped = {}, []
     for k, v in state.items():

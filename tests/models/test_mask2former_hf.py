@@ -1,4 +1,5 @@
-"""HF transformers' Mask2Former weights converted into ours give HF's outputs (final and auxiliary)."""
+"""HF transformers' Mask2Former and MaskFormer weights converted into ours give HF's outputs (final
+and auxiliary)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import torch
 
 from lightning_seg.models.mask_classification.hf_weights import (
     convert_hf_mask2former_state_dict,
+    convert_hf_maskformer_state_dict,
     load_hf_mask2former_weights,
 )
-from lightning_seg.models.mask_classification.model import Mask2Former
+from lightning_seg.models.mask_classification.model import Mask2Former, MaskFormer
 
 transformers = pytest.importorskip("transformers", reason="HF transformers (the reference extra) is not installed")
 
@@ -70,3 +72,88 @@ def test_hf_mask2former_weights_that_do_not_fit_are_refused_whole():
     deeper = Mask2Former(4, num_decoder_layers=3, **TINY)
     with pytest.raises(ValueError, match="missing"):
         load_hf_mask2former_weights(deeper, hf.state_dict())
+
+
+def hf_maskformer(decoder_layers: int = 3, seed: int = 0):
+    from transformers import (
+        DetrConfig,
+        MaskFormerConfig,
+        MaskFormerForInstanceSegmentation,
+        TimmBackboneConfig,
+    )
+
+    torch.manual_seed(seed)
+    backbone = TimmBackboneConfig(backbone="resnet18", out_indices=(1, 2, 3, 4), use_pretrained_backbone=False)
+    decoder = DetrConfig(d_model=32, decoder_layers=decoder_layers, decoder_attention_heads=2, decoder_ffn_dim=64,
+                         num_queries=6, encoder_layers=0)
+    cfg = MaskFormerConfig(backbone_config=backbone, decoder_config=decoder, fpn_feature_size=32, mask_feature_size=32,
+                           num_queries=6, num_labels=4)
+    model = MaskFormerForInstanceSegmentation(cfg).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if getattr(m, "running_mean", None) is not None:
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def test_hf_maskformer_weights_give_its_outputs():
+    hf = hf_maskformer(decoder_layers=3)
+    ours = MaskFormer(4, conv_dim=32, mask_dim=32, num_queries=6, hidden_dim=32, nheads=2, dim_feedforward=64,
+                      num_decoder_layers=3, backbone="resnet18").eval()
+    x = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        fresh = ours(x)
+        load_hf_mask2former_weights(ours, hf.state_dict())
+        got = ours(x)
+        want = hf(pixel_values=(x - MEAN) / STD, output_hidden_states=True)
+        assert not torch.allclose(fresh["pred_logits"], want.class_queries_logits, atol=1e-3)
+        torch.testing.assert_close(got["pred_logits"], want.class_queries_logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got["pred_masks"], want.masks_queries_logits, rtol=1e-5, atol=1e-5)
+        # aux: the original model's (each earlier layer through the decoder norm), from HF's hidden states
+        states = want.transformer_decoder_hidden_states  # the zero input, then every layer's output
+        assert len(got["aux_outputs"]) == len(states) - 2 == 2
+        for i, aux in enumerate(got["aux_outputs"]):
+            normed = hf.model.transformer_module.decoder.layernorm(states[i + 1])
+            masks = torch.einsum("bqc,bchw->bqhw", hf.mask_embedder(normed), want.pixel_decoder_last_hidden_state)
+            torch.testing.assert_close(aux["pred_logits"], hf.class_predictor(normed), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(aux["pred_masks"], masks, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="HF MaskFormer keys with no counterpart"):
+        convert_hf_maskformer_state_dict({"model.pixel_level_module.decoder.fpn.odd.weight": torch.zeros(1)})
+
+
+def test_init_from_hf_prefix_loads_a_converted_checkpoint_and_reports_the_new_class_head(tmp_path):
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        TimmBackboneConfig,
+    )
+
+    from lightning_seg.tasks import MaskClassificationModule
+
+    torch.manual_seed(0)
+    backbone = TimmBackboneConfig(backbone="resnet18", out_indices=(1, 2, 3, 4), use_pretrained_backbone=False)
+    # the task's encoder keeps Mask2Former's 8 heads and 1024-wide FFN
+    cfg = Mask2FormerConfig(backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32,
+                            encoder_feedforward_dim=1024, dim_feedforward=64, encoder_layers=1, decoder_layers=3,
+                            num_attention_heads=8, num_queries=6, num_labels=4)
+    hf = Mask2FormerForUniversalSegmentation(cfg).eval()
+    path = tmp_path / "hf_mask2former.bin"
+    torch.save(hf.state_dict(), path)
+    args = dict(backbone="resnet18", conv_dim=32, mask_dim=32, enc_layers=1, num_queries=6, hidden_dim=32, nheads=8,
+                dim_feedforward=64, num_decoder_layers=2, num_overlays=0)
+    task = MaskClassificationModule(num_classes=7, init_from=f"hf:{path}", **args)  # 7 classes, the file has 4
+    report = task.init_report
+    assert {r.split(" ")[0] for r in report["reinitialised"]} == {"model.transformer_decoder.class_embed.weight",
+                                                                   "model.transformer_decoder.class_embed.bias"}
+    assert not report["missing"] and not report["unexpected"]
+    want = convert_hf_mask2former_state_dict(hf.state_dict())
+    for name in ("pixel_decoder.level_embed", "transformer_decoder.layers.1.cross_attn.k_proj.weight",
+                 "backbone.model.layer4.1.conv2.weight"):
+        assert torch.equal(task.model.state_dict()[name], want[name]), name
+    with pytest.raises(ValueError, match="unknown checkpoint format 'detectron3'"):
+        MaskClassificationModule(num_classes=4, init_from=f"detectron3:{path}", **args)
+    with pytest.raises(ValueError, match="'torchvision' checkpoints have no conversion into Mask2Former"):
+        MaskClassificationModule(num_classes=4, init_from=f"torchvision:{path}", **args)
+    with pytest.raises(FileNotFoundError, match="model.init_from: checkpoint not found"):
+        MaskClassificationModule(num_classes=4, init_from=f"hf:{tmp_path / 'none.bin'}", **args)

@@ -38,11 +38,9 @@ _RULES: list[tuple[str, str]] = [
 ]
 
 
-def _layer_key(key: str) -> str | None:
-    m = re.match(r"^(?:detr\.)?model\.(encoder|decoder)\.layers\.(\d+)\.(.*)$", key)
-    if m is None:
-        return None
-    part, index, rest = m.groups()
+def detr_layer_suffix(rest: str, part: str) -> str:
+    """Our name of an HF DETR-style ``encoder`` / ``decoder`` layer tensor (the part after
+    ``layers.<i>.``), shared by DETR and MaskFormer."""
     for old, new in _LAYER.items():
         if rest.startswith(old):
             rest = new + rest[len(old):]
@@ -51,7 +49,15 @@ def _layer_key(key: str) -> str | None:
         rest = ("norm2" if part == "encoder" else "norm3") + rest[len("final_layer_norm"):]
     elif rest.startswith("encoder_attn_layer_norm"):
         rest = "norm2" + rest[len("encoder_attn_layer_norm"):]
-    return f"{part}.{index}.{rest}"
+    return rest
+
+
+def _layer_key(key: str) -> str | None:
+    m = re.match(r"^(?:detr\.)?model\.(encoder|decoder)\.layers\.(\d+)\.(.*)$", key)
+    if m is None:
+        return None
+    part, index, rest = m.groups()
+    return f"{part}.{index}.{detr_layer_suffix(rest, part)}"
 
 
 def convert_hf_detr_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -8,6 +8,7 @@ from lightning_seg.models.mask_classification.dual_path import DualPathBlock
 from lightning_seg.models.mask_classification.fpn_pixel_decoder import FPNPixelDecoder
 from lightning_seg.models.mask_classification.hf_weights import (
     convert_hf_mask2former_state_dict,
+    convert_hf_maskformer_state_dict,
     load_hf_mask2former_weights,
 )
 from lightning_seg.models.mask_classification.masked_attention_decoder import (
@@ -34,6 +35,7 @@ __all__ = [
     "StandardTransformerDecoder",
     "attention_mask_from_logits",
     "convert_hf_mask2former_state_dict",
+    "convert_hf_maskformer_state_dict",
     "load_hf_mask2former_weights",
     "multi_scale_deformable_attention",
 ]

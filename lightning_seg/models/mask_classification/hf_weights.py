@@ -1,4 +1,5 @@
-"""HF transformers' ``Mask2FormerForUniversalSegmentation`` weights -> :class:`Mask2Former`.
+"""HF transformers' ``Mask2FormerForUniversalSegmentation`` / ``MaskFormerForInstanceSegmentation``
+weights -> :class:`Mask2Former` / :class:`MaskFormer`.
 
 The two models hold the same tensors under other names, except the decoder's cross-attention,
 which HF keeps as one fused ``in_proj`` (split here into ``q``, ``k``, ``v``). With a timm
@@ -6,6 +7,12 @@ backbone (HF's ``TimmBackbone``) the conversion gives HF's ``class_queries_logit
 ``masks_queries_logits`` and auxiliary logits on the same input (HF takes normalised pixels,
 ours normalises inside; ``tests/models/test_mask2former_hf.py``). An HF decoder of
 ``decoder_layers = L`` builds ``L - 1`` layers: ours takes ``num_decoder_layers = L - 1``.
+
+MaskFormer's tensors are DETR's decoder (the same renaming as
+:mod:`lightning_seg.models.detr.hf_weights`) over an FPN; the converted model gives HF's final
+logits. Its auxiliary outputs are the original model's (each earlier layer's output through the
+decoder norm); HF's own ``auxiliary_logits`` are taken from un-normed layer outputs and differ
+(``tests/models/test_mask2former_hf.py`` checks ours against HF's hidden states instead).
 """
 
 from __future__ import annotations
@@ -93,10 +100,56 @@ def convert_hf_mask2former_state_dict(state_dict: dict[str, Tensor]) -> dict[str
     return out
 
 
+def convert_hf_maskformer_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename an HF ``MaskFormerForInstanceSegmentation`` state dict (timm backbone) to ours.
+
+    Raises ``ValueError`` naming the keys no rule covers.
+    """
+    from lightning_seg.models.detr.hf_weights import detr_layer_suffix
+
+    levels = {int(m.group(1)) for k in state_dict
+              if (m := re.match(r"^model\.pixel_level_module\.decoder\.fpn\.layers\.(\d+)\.", k))}
+    rules = [
+        (r"^model\.pixel_level_module\.encoder\._backbone\.", "backbone.model."),
+        (r"^model\.pixel_level_module\.decoder\.fpn\.stem\.", f"pixel_decoder.fpn.output.{len(levels)}."),
+        (r"^model\.pixel_level_module\.decoder\.mask_projection\.", "pixel_decoder.mask_features."),
+        (r"^model\.transformer_module\.queries_embedder\.", "transformer_decoder.query_embed."),
+        (r"^model\.transformer_module\.input_projection\.", "transformer_decoder.input_proj."),
+        (r"^model\.transformer_module\.decoder\.layernorm\.", "transformer_decoder.decoder_norm."),
+        (r"^mask_embedder\.(\d+)\.0\.", r"transformer_decoder.mask_embed.layers.\1."),
+        (r"^class_predictor\.", "transformer_decoder.class_embed."),
+    ]
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        if any(re.match(p, key) for p in _DROPPED):
+            continue
+        m = re.match(r"^model\.pixel_level_module\.decoder\.fpn\.layers\.(\d+)\.(proj|block)\.(.*)$", key)
+        if m:
+            # HF runs its FPN layers coarse to fine, ours holds them fine to coarse
+            index = len(levels) - 1 - int(m.group(1))
+            out[f"pixel_decoder.fpn.{'lateral' if m.group(2) == 'proj' else 'output'}.{index}.{m.group(3)}"] = value
+            continue
+        m = re.match(r"^model\.transformer_module\.decoder\.layers\.(\d+)\.(.*)$", key)
+        if m:
+            out[f"transformer_decoder.layers.{m.group(1)}.{detr_layer_suffix(m.group(2), 'decoder')}"] = value
+            continue
+        for pattern, repl in rules:
+            if re.match(pattern, key):
+                out[re.sub(pattern, repl, key)] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"HF MaskFormer keys with no counterpart here: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}")
+    return out
+
+
 def load_hf_mask2former_weights(model: nn.Module, path: str | Path | dict[str, Tensor]) -> None:
-    """Load an HF Mask2Former state dict (a local ``.bin`` / ``.pth`` / ``.safetensors`` file, or
-    the dict) into ``model`` (a :class:`~lightning_seg.models.mask_classification.Mask2Former`
-    built with the same sizes and a timm backbone).
+    """Load an HF Mask2Former or MaskFormer state dict (a local ``.bin`` / ``.pth`` /
+    ``.safetensors`` file, or the dict; the kind is told by its keys) into ``model`` (a
+    :class:`~lightning_seg.models.mask_classification.Mask2Former` / ``MaskFormer`` built with
+    the same sizes and a timm backbone).
 
     Raises ``ValueError`` naming the file and the missing / unexpected / mis-shaped keys; nothing
     is loaded then.
@@ -111,13 +164,14 @@ def load_hf_mask2former_weights(model: nn.Module, path: str | Path | dict[str, T
             state = load_file(name)
         else:
             state = torch.load(name, map_location="cpu", weights_only=True)
-    converted = convert_hf_mask2former_state_dict(state)
+    maskformer = any(k.startswith("model.pixel_level_module.decoder.fpn.") for k in state)
+    converted = (convert_hf_maskformer_state_dict if maskformer else convert_hf_mask2former_state_dict)(state)
     own = model.state_dict()
     bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in converted.items()
            if k in own and own[k].shape != v.shape]
     missing = [k for k in own if k not in converted and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in converted if k not in own]
     if bad or missing or unexpected:
-        raise ValueError(f"{name}: does not fit this Mask2Former: mis-shaped {bad[:5]}, missing {missing[:5]}, "
+        raise ValueError(f"{name}: does not fit this {type(model).__name__}: mis-shaped {bad[:5]}, missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     model.load_state_dict(converted, strict=False)
