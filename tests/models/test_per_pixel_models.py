@@ -156,3 +156,23 @@ def test_a_task_rejects_a_model_of_another_family(task, name, family):
 
     with pytest.raises(ValueError, match=rf"model\.model: '{name}' is a .* model; this task takes {family} models"):
         getattr(tasks, task)(num_classes=3, model=name, backbone="resnet10t")
+
+
+def test_init_from_torchvision_prefix_fine_tunes_a_task_with_a_new_class_count(tmp_path):
+    from torchvision.models.segmentation import fcn_resnet50
+
+    from lightning_seg.tasks import SemanticSegmentationModule
+
+    torch.manual_seed(0)
+    tv = fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
+    path = tmp_path / "fcn_resnet50.pth"
+    torch.save(tv.state_dict(), path)
+    task = SemanticSegmentationModule(num_classes=5, model="fcn", backbone="resnet50", backbone_source="torchvision",
+                                      output_stride=8, aux_weight=0.4, init_from=f"torchvision:{path}", num_overlays=0)
+    reinit = {r.split(" ")[0] for r in task.init_report["reinitialised"]}
+    # the last convs of the two 21-class heads only
+    assert reinit == {f"model.{h}.4.{p}" for h in ("head", "aux_head") for p in ("weight", "bias")}, reinit
+    assert not task.init_report["missing"] and not task.init_report["unexpected"]
+    want = convert_torchvision_state_dict(tv.state_dict())
+    name = "backbone.model.layer3.0.conv2.weight"
+    assert name in want and torch.equal(task.model.state_dict()[name], want[name])
