@@ -55,8 +55,8 @@ class SegTask(LightningModule):
         lr_schedule, poly_power, lr_milestones, lr_gamma, warmup_steps, warmup_factor: the
             schedule, see :func:`lightning_seg.tasks.optimization.lr_factor`.
         max_steps: schedule length ``T`` (default: the trainer's estimated stepping batches).
-        init_from: checkpoint to start from, ``[ours|hf|torchvision:]PATH`` (ours by default; HF
-            Mask2Former / MaskFormer / DETR or torchvision FCN / DeepLabV3 weights converted;
+        init_from: checkpoint to start from, ``[ours|hf|detectron2|torchvision:]PATH`` (ours by default; HF
+            Mask2Former / MaskFormer / DETR, detectron2 Mask2Former or torchvision FCN / DeepLabV3 weights converted;
             loaded with ``weights_only=True``; tensors of another shape, e.g. the class head, are
             re-initialised and logged, see :func:`~lightning_seg.tasks.weight_init.load_matching_weights`).
         freeze_backbone: keep ``model.backbone`` fixed (no gradients, eval-mode norms).

@@ -11,11 +11,17 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-FORMATS = ("ours", "hf", "torchvision")
+FORMATS = ("ours", "hf", "torchvision", "detectron2")
 """Checkpoint formats ``init_from`` reads, named by a ``<format>:`` prefix (none: ``ours``)."""
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
+def _read_state(path: Path, fmt: str) -> dict[str, torch.Tensor]:
+    if fmt == "detectron2":
+        from lightning_seg.models.mask_classification.detectron2_weights import (
+            read_detectron2_checkpoint,
+        )
+
+        return read_detectron2_checkpoint(path)  # type: ignore[return-value]
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -41,26 +47,32 @@ def _converted(state: dict[str, torch.Tensor], fmt: str, model: nn.Module | None
         from lightning_seg.models.detr.hf_weights import (
             convert_hf_detr_state_dict as convert,
         )
+    elif fmt == "detectron2" and isinstance(model, Mask2Former):
+        from lightning_seg.models.mask_classification.detectron2_weights import (
+            convert_detectron2_mask2former_state_dict as convert,
+        )
     elif fmt == "torchvision" and name in ("FCN", "DeepLabV3"):
         from lightning_seg.models.per_pixel.torchvision_weights import (
             convert_torchvision_state_dict as convert,
         )
     else:
         raise ValueError(f"{key}: {fmt!r} checkpoints have no conversion into {name} (hf: Mask2Former, MaskFormer, "
-                         "DETR; torchvision: FCN, DeepLabV3; Mask R-CNN takes torchvision weights through "
-                         "model.torchvision_weights)")
+                         "DETR; detectron2: Mask2Former; torchvision: FCN, DeepLabV3; Mask R-CNN takes torchvision "
+                         "weights through model.torchvision_weights)")
     return {f"model.{k}": v for k, v in convert(state).items()}
 
 
 def load_matching_weights(module: nn.Module, path: str | Path, key: str = "model.init_from") -> dict[str, list[str]]:
     """Load the tensors of a checkpoint whose names and shapes match ``module``'s state dict.
 
-    ``path`` may start with a format, ``{ours|hf|torchvision}:PATH`` (default ``ours``): ours is
-    a Lightning checkpoint's ``state_dict`` or a plain state dict of the task; ``hf`` an HF
-    transformers state dict (``.bin``, ``.pth`` or ``.safetensors``) of Mask2Former, MaskFormer
-    or DETR, converted to the task's model (:mod:`lightning_seg.models.mask_classification.hf_weights`,
-    :mod:`lightning_seg.models.detr.hf_weights`); ``torchvision`` torchvision's FCN / DeepLabV3
-    weights. Files are read with ``weights_only=True``. Tensors of another shape (the class head
+    ``path`` may start with a format, ``{ours|hf|detectron2|torchvision}:PATH`` (default
+    ``ours``): ours is a Lightning checkpoint's ``state_dict`` or a plain state dict of the task;
+    ``hf`` an HF transformers state dict (``.bin``, ``.pth`` or ``.safetensors``) of Mask2Former,
+    MaskFormer or DETR, converted to the task's model
+    (:mod:`lightning_seg.models.mask_classification.hf_weights`,
+    :mod:`lightning_seg.models.detr.hf_weights`); ``detectron2`` a Mask2Former model-zoo ``.pkl``
+    (:mod:`lightning_seg.models.mask_classification.detectron2_weights`); ``torchvision``
+    torchvision's FCN / DeepLabV3 weights. Files are read with ``weights_only=True``. Tensors of another shape (the class head
     after a change of class count) and tensors missing from the file keep their fresh
     initialisation; both are logged, with the file's tensors that nothing took.
 
@@ -85,7 +97,7 @@ def load_matching_weights(module: nn.Module, path: str | Path, key: str = "model
     path = Path(text)
     if not path.is_file():
         raise FileNotFoundError(f"{key}: checkpoint not found: {path}")
-    state = _read_state(path)
+    state = _read_state(path, fmt)
     if fmt != "ours":
         state = _converted(state, fmt, getattr(module, "model", None), key)
     own = module.state_dict()
@@ -95,7 +107,9 @@ def load_matching_weights(module: nn.Module, path: str | Path, key: str = "model
             reshaped.append(f"{k} {tuple(v.shape)} -> {tuple(own[k].shape)}")
         elif k in own:
             loadable[k] = v
-    missing = sorted(set(own) - set(loadable) - {r.split(" ")[0] for r in reshaped})
+    # BatchNorm's step counter is not a weight: formats without it (HF, detectron2) miss nothing
+    missing = sorted(k for k in set(own) - set(loadable) - {r.split(" ")[0] for r in reshaped}
+                     if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(own))
     module.load_state_dict(loadable, strict=False)
     log.warning(

@@ -157,3 +157,50 @@ def test_init_from_hf_prefix_loads_a_converted_checkpoint_and_reports_the_new_cl
         MaskClassificationModule(num_classes=4, init_from=f"torchvision:{path}", **args)
     with pytest.raises(FileNotFoundError, match="model.init_from: checkpoint not found"):
         MaskClassificationModule(num_classes=4, init_from=f"hf:{tmp_path / 'none.bin'}", **args)
+
+
+def test_detectron2_pkl_written_through_the_inverse_mapping_loads_back_into_an_identical_model(tmp_path):
+    import pickle
+
+    from lightning_seg.models.mask_classification.detectron2_weights import (
+        convert_detectron2_mask2former_state_dict,
+        read_detectron2_checkpoint,
+        to_detectron2_state_dict,
+    )
+    from lightning_seg.tasks import MaskClassificationModule
+
+    args = dict(backbone="resnet18", conv_dim=32, mask_dim=32, enc_layers=1, num_queries=6, hidden_dim=32, nheads=8,
+                dim_feedforward=64, num_decoder_layers=2, num_overlays=0)
+    torch.manual_seed(0)
+    source = MaskClassificationModule(num_classes=4, **args).eval()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for m in source.modules():
+            if getattr(m, "running_mean", None) is not None:
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    d2 = to_detectron2_state_dict(source.model.state_dict())
+    # detectron2's own names (Mask2Former's model zoo), fused attention projections included
+    for name, shape in (("backbone.stem.conv1.norm.running_mean", (64,)), ("backbone.res2.0.conv1.weight", (64, 64, 3, 3)),
+                        ("backbone.res3.0.shortcut.norm.weight", (128,)),
+                        ("sem_seg_head.pixel_decoder.transformer.level_embed", (3, 32)),
+                        ("sem_seg_head.pixel_decoder.adapter_1.norm.weight", (32,)),
+                        ("sem_seg_head.predictor.transformer_cross_attention_layers.1.multihead_attn.in_proj_weight",
+                         (96, 32)),
+                        ("sem_seg_head.predictor.transformer_ffn_layers.0.norm.bias", (32,))):
+        assert d2[name].shape == shape, name
+    path = tmp_path / "model_final.pkl"
+    with path.open("wb") as f:
+        pickle.dump({"model": d2, "__author__": "test"}, f)
+    assert set(convert_detectron2_mask2former_state_dict(read_detectron2_checkpoint(path))) == \
+        {k for k in source.model.state_dict() if not k.endswith("num_batches_tracked")}
+    torch.manual_seed(1)
+    target = MaskClassificationModule(num_classes=4, init_from=f"detectron2:{path}", **args).eval()
+    assert not target.init_report["missing"] and not target.init_report["reinitialised"]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = source.model(x), target.model(x)
+    assert torch.equal(a["pred_logits"], b["pred_logits"]) and torch.equal(a["pred_masks"], b["pred_masks"])
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"model": {"x": print}}))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load builtins.print"):
+        read_detectron2_checkpoint(evil)
