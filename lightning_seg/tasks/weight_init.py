@@ -22,11 +22,9 @@ def _read_state(path: Path, fmt: str) -> dict[str, torch.Tensor]:
         )
 
         return read_detectron2_checkpoint(path)  # type: ignore[return-value]
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from lightning_seg.models.weight_files import read_weights
 
-        return load_file(str(path))
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt, _ = read_weights(path)
     return ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
 
 

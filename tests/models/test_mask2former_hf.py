@@ -21,6 +21,16 @@ TINY = dict(conv_dim=32, mask_dim=32, enc_layers=1, enc_nheads=2, enc_dim_feedfo
             hidden_dim=32, nheads=2, dim_feedforward=64, backbone="resnet18")
 
 
+def with_random_norm_statistics(model):
+    """``model`` with BatchNorm statistics that are not the identity (a mis-mapped buffer shows)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if getattr(m, "running_mean", None) is not None:
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
 def hf_model(decoder_layers: int = 4, seed: int = 0):
     from transformers import (
         Mask2FormerConfig,
@@ -33,13 +43,7 @@ def hf_model(decoder_layers: int = 4, seed: int = 0):
     cfg = Mask2FormerConfig(backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32,
                             encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1,
                             decoder_layers=decoder_layers, num_attention_heads=2, num_queries=6, num_labels=4)
-    model = Mask2FormerForUniversalSegmentation(cfg).eval()
-    with torch.no_grad():  # BatchNorm statistics that are not the identity
-        for m in model.modules():
-            if getattr(m, "running_mean", None) is not None:
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return model
+    return with_random_norm_statistics(Mask2FormerForUniversalSegmentation(cfg).eval())
 
 
 def test_hf_mask2former_weights_give_its_outputs_and_aux_outputs():
@@ -88,13 +92,7 @@ def hf_maskformer(decoder_layers: int = 3, seed: int = 0):
                          num_queries=6, encoder_layers=0)
     cfg = MaskFormerConfig(backbone_config=backbone, decoder_config=decoder, fpn_feature_size=32, mask_feature_size=32,
                            num_queries=6, num_labels=4)
-    model = MaskFormerForInstanceSegmentation(cfg).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if getattr(m, "running_mean", None) is not None:
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return model
+    return with_random_norm_statistics(MaskFormerForInstanceSegmentation(cfg).eval())
 
 
 def test_hf_maskformer_weights_give_its_outputs():
@@ -172,12 +170,7 @@ def test_detectron2_pkl_written_through_the_inverse_mapping_loads_back_into_an_i
     args = dict(backbone="resnet18", conv_dim=32, mask_dim=32, enc_layers=1, num_queries=6, hidden_dim=32, nheads=8,
                 dim_feedforward=64, num_decoder_layers=2, num_overlays=0)
     torch.manual_seed(0)
-    source = MaskClassificationModule(num_classes=4, **args).eval()
-    with torch.no_grad():  # BatchNorm statistics that are not the identity
-        for m in source.modules():
-            if getattr(m, "running_mean", None) is not None:
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
+    source = with_random_norm_statistics(MaskClassificationModule(num_classes=4, **args).eval())
     d2 = to_detectron2_state_dict(source.model.state_dict())
     # detectron2's own names (Mask2Former's model zoo), fused attention projections included
     for name, shape in (("backbone.stem.conv1.norm.running_mean", (64,)), ("backbone.res2.0.conv1.weight", (64, 64, 3, 3)),

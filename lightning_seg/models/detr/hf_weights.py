@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
+
+from lightning_seg.models.weight_files import load_converted, read_weights
 
 _LAYER = {
     "self_attn.o_proj": "self_attn.out_proj",
@@ -89,24 +90,5 @@ def load_hf_detr_weights(model: nn.Module, path: str | Path | dict[str, Tensor])
 
     Raises ``ValueError`` naming the file and the missing / unexpected / mis-shaped keys.
     """
-    if isinstance(path, dict):
-        state, name = path, "the given state dict"
-    else:
-        name = str(path)
-        if name.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(name)
-        else:
-            state = torch.load(name, map_location="cpu", weights_only=True)
-    converted = convert_hf_detr_state_dict(state)
-    own = model.state_dict()
-    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in converted.items()
-           if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in converted and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in converted if k not in own]
-    if bad or missing or unexpected:
-        # nothing is loaded: the model keeps its weights
-        raise ValueError(f"{name}: does not fit this DETR: mis-shaped {bad[:5]}, missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    model.load_state_dict(converted, strict=False)
+    state, name = read_weights(path)
+    load_converted(model, convert_hf_detr_state_dict(state), name)

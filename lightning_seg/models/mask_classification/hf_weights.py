@@ -20,11 +20,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
-_PIXEL = "model.pixel_level_module."
-_TRANSFORMER = "model.transformer_module."
+from lightning_seg.models.weight_files import load_converted, read_weights
+
 
 _ENCODER_LAYER = {"self_attn_layer_norm": "norm1", "fc1": "ffn.linear1", "fc2": "ffn.linear2",
                   "final_layer_norm": "norm2"}
@@ -154,24 +153,7 @@ def load_hf_mask2former_weights(model: nn.Module, path: str | Path | dict[str, T
     Raises ``ValueError`` naming the file and the missing / unexpected / mis-shaped keys; nothing
     is loaded then.
     """
-    if isinstance(path, dict):
-        state, name = path, "the given state dict"
-    else:
-        name = str(path)
-        if name.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(name)
-        else:
-            state = torch.load(name, map_location="cpu", weights_only=True)
+    state, name = read_weights(path)
     maskformer = any(k.startswith("model.pixel_level_module.decoder.fpn.") for k in state)
-    converted = (convert_hf_maskformer_state_dict if maskformer else convert_hf_mask2former_state_dict)(state)
-    own = model.state_dict()
-    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in converted.items()
-           if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in converted and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in converted if k not in own]
-    if bad or missing or unexpected:
-        raise ValueError(f"{name}: does not fit this {type(model).__name__}: mis-shaped {bad[:5]}, missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    model.load_state_dict(converted, strict=False)
+    load_converted(model, (convert_hf_maskformer_state_dict if maskformer else convert_hf_mask2former_state_dict)(state),
+                   name)
